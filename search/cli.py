@@ -1,0 +1,153 @@
+"""The `hpo` command: one small handler per verb, each returning an exit status.
+
+Errors a user can fix end in one sentence on stderr and exit status 2, never a traceback;
+Ctrl-C ends with a note on how to resume and exit status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+# Before albumentations is imported anywhere: it would ask PyPI for updates on every start.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from rich.console import Console
+
+from trainer.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _quiet_libraries() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*least populated class.*")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.run import RunRequest, run
+
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.append(f"data={args.data}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    request = RunRequest(
+        space=args.space,
+        overrides=overrides,
+        trials=args.trials,
+        timeout=args.timeout,
+        study=args.study,
+        storage=args.storage,
+    )
+    outcome = run(request)
+    if outcome == "timeout":
+        Console(stderr=True).print("Stopped at --timeout; run the same command again to go on.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from search.report import summary_line, trials_table
+    from search.study import StudyError, StudyPlace, open_storage
+
+    place = StudyPlace.of(args.study, args.storage)
+    storage = open_storage(place.storage_url, create=False)
+    try:
+        study = optuna.load_study(study_name=place.name, storage=storage)
+    except KeyError:
+        raise StudyError(
+            f"No study named '{place.name}' in {place.storage_url}; `hpo status` lists studies "
+            "by the name `hpo run` printed (the space file's stem by default)."
+        ) from None
+    console = Console()
+    console.print(f"{place.name}: {summary_line(study)}")
+    console.print(trials_table(study, top=args.top))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from trainer.sources import load_table
+    from trainer.summary import summarize
+
+    print(summarize(load_table(args.path)).to_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    parser = argparse.ArgumentParser(
+        prog="hpo", description="Hyperparameter search and cross-validation for image classifiers."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_run(verbs)
+    status = verbs.add_parser("status", help="print a study's trials from its storage")
+    status.add_argument("study", help="study name (the space file's stem by default)")
+    status.add_argument("--storage", help="Optuna storage URL (default: studies/STUDY/study.db)")
+    status.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
+    status.set_defaults(handler=cmd_status)
+    data = verbs.add_parser("data", help="check a dataset: images per class, sizes, bad files")
+    data.add_argument("path", help="a folder of class subfolders, a CSV, or builtin:digits")
+    data.set_defaults(handler=cmd_data)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {value}")
+    return value
+
+
+def _add_run(verbs: argparse._SubParsersAction) -> None:
+    run = verbs.add_parser("run", help="run (or resume) a study from a space file")
+    run.add_argument("space", help="the space file, e.g. spaces/baseline.py")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="override a setting")
+    run.add_argument("--trials", type=_positive_int, help="target of finished trials")
+    run.add_argument("--timeout", type=_positive_float, help="stop starting trials after S sec")
+    run.add_argument("--study", help="study name (default: the space file's stem)")
+    run.add_argument("--storage", help="Optuna storage URL (default: studies/NAME/study.db)")
+    run.add_argument("--data", help="data to use instead of the space file's `data`")
+    run.add_argument("--seed", type=int, help="seed for splits, sampler and training")
+    run.set_defaults(handler=cmd_run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the verb, and turn user errors into exit status 2."""
+    parser = build_parser()
+    # key=value overrides may come after flags, which argparse's positional parsing refuses.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.verb != "run" or any(x.startswith("-") or "=" not in x for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    _quiet_libraries()
+    try:
+        return args.handler(args)
+    except UserError as err:
+        print(f"hpo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nhpo: interrupted; finished trials are saved. Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Test-wide settings: offline, CPU, deterministic, small."""
+
+from __future__ import annotations
+
+import os
+
+# Must be set before huggingface_hub or albumentations are imported (see library-facts.md).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path, monkeypatch):
+    """Every test runs in its own folder so that studies/, mlflow.db and caches never leak."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HPO_CACHE_DIR", raising=False)

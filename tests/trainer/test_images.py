@@ -1,0 +1,247 @@
+"""Decoding every image mode, EXIF orientation, squashing, JPEG draft and unreadable files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, JpegImagePlugin
+
+from trainer.errors import DataError
+from trainer.images import decode_image, resize_array
+
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def _save(image: Image.Image, path: Path, **kwargs: object) -> Path:
+    image.save(path, **kwargs)
+    return path
+
+
+def _bands(width: int, height: int, colours: list[tuple[int, int, int]]) -> Image.Image:
+    """Vertical bands of equal width, left to right."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    for k, colour in enumerate(colours):
+        pixels[:, k * width // len(colours) : (k + 1) * width // len(colours)] = colour
+    return Image.fromarray(pixels)
+
+
+def _close(pixel: np.ndarray, colour: tuple[int, ...], tolerance: int = 12) -> bool:
+    return bool(np.all(np.abs(pixel.astype(int) - np.array(colour)) <= tolerance))
+
+
+def test_rgb_png_shape_dtype_and_colour(tmp_path: Path, make_image) -> None:
+    path = make_image(tmp_path / "a.png", size=(50, 40), colour=(10, 120, 240), noise=0)
+
+    out = decode_image(path, 32)
+
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert _close(out[16, 16], (10, 120, 240), 1)
+    assert out.flags.writeable
+
+
+def test_non_square_image_is_squashed_not_cropped(tmp_path: Path) -> None:
+    path = _save(_bands(96, 32, [RED, GREEN, BLUE]), tmp_path / "wide.png")
+
+    out = decode_image(path, 30)
+
+    assert _close(out[15, 2], RED) and _close(out[15, 15], GREEN) and _close(out[15, 27], BLUE)
+
+
+def test_exif_orientation_6_is_applied(tmp_path: Path) -> None:
+    # Stored 64 wide x 32 high, red left / blue right; orientation 6 means "rotate 90° clockwise
+    # to display", so the upright image is 32 wide x 64 high with red on top.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(_bands(64, 32, [RED, BLUE]), tmp_path / "phone.jpg", exif=exif, quality=95)
+
+    out = decode_image(path, 32)
+
+    assert _close(out[3, 16], RED, 40) and _close(out[28, 16], BLUE, 40)
+    assert _close(out[3, 3], RED, 40) and _close(out[3, 28], RED, 40)
+
+
+def test_greyscale(tmp_path: Path) -> None:
+    path = _save(Image.new("L", (40, 40), 100), tmp_path / "g.png")
+
+    assert decode_image(path, 32)[5, 5].tolist() == [100, 100, 100]
+
+
+def test_bilevel(tmp_path: Path) -> None:
+    image = Image.new("1", (40, 40), 0)
+    image.paste(1, (20, 0, 40, 40))
+    out = decode_image(_save(image, tmp_path / "b.png"), 40)
+
+    assert out[5, 5].tolist() == [0, 0, 0] and out[5, 35].tolist() == [255, 255, 255]
+
+
+def test_palette_without_transparency(tmp_path: Path) -> None:
+    image = _bands(40, 40, [RED, BLUE]).quantize(4)
+    out = decode_image(_save(image, tmp_path / "p.png"), 40)
+
+    assert out[5, 5].tolist() == list(RED) and out[5, 35].tolist() == list(BLUE)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".gif"])
+def test_palette_transparency_becomes_white(tmp_path: Path, suffix: str) -> None:
+    image = _bands(40, 40, [RED, BLUE]).quantize(4)
+    red_index = image.getpixel((5, 5))
+    out = decode_image(_save(image, tmp_path / f"t{suffix}", transparency=red_index), 40)
+
+    assert out[5, 5].tolist() == list(WHITE) and out[5, 35].tolist() == list(BLUE)
+
+
+def test_rgba_composited_on_white(tmp_path: Path) -> None:
+    pixels = np.zeros((40, 40, 4), np.uint8)
+    pixels[..., 0] = 200  # red everywhere, alpha decides how much shows
+    pixels[:, 20:, 3] = 255
+    pixels[:, :20, 3] = 0
+    pixels[:10, :20, 3] = 128
+    out = decode_image(_save(Image.fromarray(pixels), tmp_path / "a.png"), 40)
+
+    assert out[20, 5].tolist() == list(WHITE)
+    assert out[20, 35].tolist() == [200, 0, 0]
+    assert _close(out[3, 5], (228, 127, 127), 2)  # half-transparent: halfway to white
+
+
+def test_la_composited_on_white(tmp_path: Path) -> None:
+    image = Image.new("LA", (40, 40), (0, 0))
+    image.paste((0, 255), (20, 0, 40, 40))
+    out = decode_image(_save(image, tmp_path / "la.png"), 40)
+
+    assert out[5, 5].tolist() == list(WHITE) and out[5, 35].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_cmyk(tmp_path: Path, suffix: str) -> None:
+    image = Image.new("CMYK", (40, 40), (0, 255, 255, 0))  # pure red ink mix
+    out = decode_image(_save(image, tmp_path / f"c{suffix}"), 32)
+
+    assert _close(out[16, 16], RED, 8)
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    values = np.zeros((40, 40), np.uint16)
+    values[:, :10], values[:, 10:20], values[:, 20:30], values[:, 30:] = 65535, 32768, 1000, 0
+    path = _save(Image.fromarray(values), tmp_path / "deep.png")
+    assert Image.open(path).mode.startswith("I")
+
+    out = decode_image(path, 40)
+
+    assert out[5, [3, 15, 25, 35], 0].tolist() == [255, 128, 4, 0]
+    assert np.array_equal(out[..., 0], out[..., 2])
+
+
+def test_32_bit_integer_out_of_16_bit_range_is_stretched(tmp_path: Path) -> None:
+    values = np.zeros((40, 40), np.int32)
+    values[:, 20:] = 1_000_000
+    path = _save(Image.fromarray(values), tmp_path / "i.tif")
+
+    out = decode_image(path, 40)
+
+    assert out[5, 5].tolist() == [0, 0, 0] and out[5, 35].tolist() == [255, 255, 255]
+
+
+def test_float_image_in_unit_range(tmp_path: Path) -> None:
+    values = np.full((40, 40), 0.5, np.float32)
+    values[:, 20:] = 1.0
+    out = decode_image(_save(Image.fromarray(values), tmp_path / "f.tif"), 40)
+
+    assert out[5, 5].tolist() == [128, 128, 128] and out[5, 35].tolist() == [255, 255, 255]
+
+
+def test_big_jpeg_is_drafted_and_still_right(tmp_path: Path, monkeypatch) -> None:
+    quadrants = np.zeros((1200, 1600, 3), np.uint8)
+    quadrants[:600, :800], quadrants[:600, 800:] = RED, GREEN
+    quadrants[600:, :800], quadrants[600:, 800:] = BLUE, WHITE
+    path = _save(Image.fromarray(quadrants), tmp_path / "big.jpg", quality=90)
+    calls = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        calls.append((mode, size))
+        result = original(self, mode, size)
+        calls.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    out = decode_image(path, 32)
+
+    assert calls == [("RGB", (32, 32)), (200, 150)]  # libjpeg decoded at 1/8 scale
+    expected = np.asarray(Image.fromarray(quadrants).resize((32, 32), Image.Resampling.BICUBIC))
+    assert np.abs(out.astype(int) - expected).mean() < 4
+
+
+def test_resize_array_rgb_and_grey() -> None:
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[:, 4:] = 255
+
+    big = resize_array(rgb, 32)
+    same = resize_array(rgb, 8)
+    grey = resize_array(rgb[..., 0], 16)
+
+    assert big.shape == (32, 32, 3) and big.dtype == np.uint8
+    assert big[0, 0].tolist() == [0, 0, 0] and big[0, 31].tolist() == [255, 255, 255]
+    assert np.array_equal(same, rgb) and same is not rgb
+    assert grey.shape == (16, 16, 3) and np.array_equal(grey[..., 0], grey[..., 1])
+
+
+# --- unreadable files --------------------------------------------------------------------------
+
+
+def _truncated(tmp_path: Path, make_image, suffix: str) -> Path:
+    path = make_image(tmp_path / f"cut{suffix}", size=(64, 64), noise=60)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _unreadable(path: Path) -> str:
+    with pytest.raises(DataError) as caught:
+        decode_image(path, 32)
+    message = str(caught.value)
+    assert message.startswith(f"{path} cannot be read as an image (")
+    assert message.endswith("); remove it or replace it with a valid image.")
+    return message
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+
+    assert "(the file is empty)" in _unreadable(path)
+
+
+def test_text_file_with_image_name(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("these are not pixels\n" * 20)
+
+    assert "(not a recognised image format)" in _unreadable(path)
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "noise.png"
+    path.write_bytes(np.random.default_rng(0).bytes(2000))
+
+    _unreadable(path)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_file(tmp_path: Path, make_image, suffix: str) -> None:
+    message = _unreadable(_truncated(tmp_path, make_image, suffix))
+
+    assert "(image file is truncated" in message
+
+
+def test_corrupt_png_chunk(tmp_path: Path, make_image) -> None:
+    path = make_image(tmp_path / "bad.png", size=(48, 48), noise=60)
+    data = bytearray(path.read_bytes())
+    data[60:90] = bytes(30)  # zero out part of the compressed pixel data
+    path.write_bytes(bytes(data))
+
+    _unreadable(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "(no such file or directory)" in _unreadable(tmp_path / "gone.png")

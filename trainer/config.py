@@ -1,0 +1,165 @@
+"""The trainer's only input: one frozen `TrainConfig`.
+
+Every field can be fixed or searched in a space file. ``None`` means "the library's default",
+resolved at training time (for example the device, mixed precision or loader workers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from trainer.errors import ConfigError
+
+Loss = Literal["ce", "focal", "label_smoothing"]
+Optimizer = Literal["adamw", "adam", "sgd"]
+Scheduler = Literal["cosine", "step", "plateau", "none"]
+Augment = Literal["none", "light", "medium", "heavy"]
+Finetune = Literal["full", "head"]
+Metric = Literal["f1_macro", "accuracy", "log_loss"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that decides how one fold model is trained.
+
+    Attributes:
+        backbone: Any `timm` model name.
+        pretrained: False, True (timm's hub weights) or a path to a local weights file
+            (.safetensors or .pth).
+        finetune: ``full`` trains every weight; ``head`` freezes the backbone.
+        image_size: Side of the square input in pixels.
+        epochs: Maximum epochs per fold.
+        batch_size: Samples per optimizer step (before gradient accumulation).
+        grad_accum: Batches accumulated per optimizer step.
+        lr: Peak learning rate.
+        optimizer: ``adamw``, ``adam`` or ``sgd``.
+        weight_decay: Decoupled (AdamW) or L2 (Adam, SGD) weight decay.
+        momentum: SGD momentum.
+        nesterov: SGD Nesterov momentum.
+        scheduler: ``cosine`` (with warmup), ``step``, ``plateau`` or ``none``.
+        warmup_epochs: Linear warmup length for ``cosine``, in epochs (may be fractional).
+        step_size: Epochs between decays for ``step``.
+        step_gamma: Decay factor for ``step`` and ``plateau``.
+        loss: ``ce``, ``focal`` or ``label_smoothing``.
+        focal_gamma: Focusing parameter of the focal loss.
+        label_smoothing: Smoothing for ``label_smoothing`` (ignored by the other losses).
+        class_weights: ``None`` or ``"balanced"`` (inverse class frequency of the training fold).
+        dropout: Dropout before the classifier.
+        drop_path: Stochastic depth rate.
+        augment: Train augmentation policy.
+        hflip: Whether augmentation may flip images horizontally (off for digits or text).
+        grad_clip: Clip the global gradient norm to this value; ``None`` disables clipping.
+        patience: Stop a fold after this many epochs without improvement; ``None`` disables it.
+        metric: Validation metric that scores a fold and picks its best epoch (``log_loss`` is
+            minimised, the others maximised).
+        seed: Seed for weights, batch order and augmentation.
+        device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks cuda, then mps, then cpu.
+        amp: Mixed precision; ``None`` means on for CUDA.
+        channels_last: Channels-last memory format; ``None`` means on for CUDA.
+        num_workers: Loader worker processes; ``None`` picks from the device and core count.
+        threads: Torch CPU threads; ``None`` keeps what the process has.
+    """
+
+    backbone: str = "test_resnet"
+    pretrained: bool | str = False
+    finetune: Finetune = "full"
+    image_size: int = 32
+    epochs: int = 8
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-3
+    optimizer: Optimizer = "adamw"
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    scheduler: Scheduler = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 3
+    step_gamma: float = 0.1
+    loss: Loss = "ce"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.1
+    class_weights: Literal["balanced"] | None = None
+    dropout: float = 0.0
+    drop_path: float = 0.0
+    augment: Augment = "light"
+    hflip: bool = True
+    grad_clip: float | None = None
+    patience: int | None = None
+    metric: Metric = "f1_macro"
+    seed: int = 0
+    device: str | None = None
+    amp: bool | None = None
+    channels_last: bool | None = None
+    num_workers: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for problem in _problems(self):
+            raise ConfigError(problem)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """Return a copy with ``changes`` applied (validated like the original)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a plain dict (stable key order)."""
+        return dataclasses.asdict(self)
+
+
+def field_names() -> tuple[str, ...]:
+    """Names of every `TrainConfig` field, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def choices_of(name: str) -> tuple[Any, ...] | None:
+    """The allowed values of a `Literal` field, or None for free-valued fields."""
+    hint = _LITERALS.get(name)
+    return None if hint is None else get_args(hint)
+
+
+_LITERALS: dict[str, Any] = {
+    "finetune": Finetune,
+    "optimizer": Optimizer,
+    "scheduler": Scheduler,
+    "loss": Loss,
+    "augment": Augment,
+    "metric": Metric,
+    "class_weights": Literal["balanced", None],
+}
+
+_POSITIVE = ("image_size", "epochs", "batch_size", "grad_accum", "lr", "step_size")
+_FRACTIONS = ("dropout", "drop_path", "label_smoothing")
+_NON_NEGATIVE = ("weight_decay", "momentum", "warmup_epochs", "focal_gamma")
+
+
+def _problems(config: TrainConfig) -> list[str]:
+    """Every reason ``config`` is invalid, as sentences that name the field and the fix."""
+    problems = []
+    for name, hint in _LITERALS.items():
+        value = getattr(config, name)
+        if value not in get_args(hint):
+            allowed = ", ".join(repr(v) for v in get_args(hint))
+            problems.append(f"{name}={value!r} is not one of {allowed}; use one of those.")
+    for name in _POSITIVE:
+        if not getattr(config, name) > 0:
+            problems.append(f"{name}={getattr(config, name)!r} must be greater than 0.")
+    for name in _FRACTIONS:
+        if not 0.0 <= getattr(config, name) < 1.0:
+            problems.append(f"{name}={getattr(config, name)!r} must be in [0, 1).")
+    for name in _NON_NEGATIVE:
+        if getattr(config, name) < 0:
+            problems.append(f"{name}={getattr(config, name)!r} must not be negative.")
+    if config.epochs > 1000:
+        problems.append(f"epochs={config.epochs!r} must be at most 1000.")
+    if not 0.0 < config.step_gamma <= 1.0:
+        problems.append(f"step_gamma={config.step_gamma!r} must be in (0, 1].")
+    if config.grad_clip is not None and config.grad_clip <= 0:
+        problems.append(f"grad_clip={config.grad_clip!r} must be positive, or None to disable.")
+    if config.patience is not None and config.patience < 1:
+        problems.append(f"patience={config.patience!r} must be at least 1, or None to disable.")
+    if not isinstance(config.pretrained, bool | str):
+        problems.append("pretrained must be False, True or the path of a weights file.")
+    return problems

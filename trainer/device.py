@@ -1,0 +1,90 @@
+"""Device, precision and thread choices, resolved once per fold from a `TrainConfig`."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainer.config import TrainConfig
+from trainer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The concrete choices behind a config's ``None`` fields."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    num_workers: int
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Memory format for model weights and input batches."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, else cuda, then mps, then cpu.
+
+    Raises:
+        ConfigError: If ``requested`` names a device this machine does not have.
+    """
+    if requested is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"device={requested!r} is not a device name; use cuda, mps or cpu."
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={requested!r} was asked for but CUDA is not available; use cpu.")
+    return device
+
+
+def cpu_count() -> int:
+    """Cores this process may use (respects affinity masks set by schedulers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def resolve_runtime(config: TrainConfig) -> Runtime:
+    """Fill in the device, mixed precision, memory format and loader workers of ``config``."""
+    device = pick_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    on_cuda = device.type == "cuda"
+    amp = on_cuda if config.amp is None else config.amp and on_cuda
+    amp_dtype = None
+    if amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    channels_last = on_cuda if config.channels_last is None else config.channels_last
+    return Runtime(device, amp_dtype, channels_last, _workers(config, on_cuda))
+
+
+def _workers(config: TrainConfig, on_cuda: bool) -> int:
+    if config.num_workers is not None:
+        return config.num_workers
+    if on_cuda:
+        return max(1, min(8, cpu_count() - 1))
+    # On a CPU-only machine the model needs every core; augmenting small cached arrays in the
+    # training process costs less than a worker process competing for the same cores.
+    return 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

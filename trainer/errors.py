@@ -1,0 +1,19 @@
+"""Errors a user can cause and fix.
+
+The command line prints the message of a `UserError` as one sentence and exits with status 2,
+without a traceback. Library code raises them with a message that names the input and the fix.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An input problem the user can fix; the message names the input and the fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """A `TrainConfig` value that is out of range or not one of the allowed choices."""
+
+
+class DataError(UserError):
+    """A dataset that cannot be read or used as given (path, CSV, image, class counts)."""

@@ -1,0 +1,308 @@
+"""`fit`: one `TrainConfig` and one fold split in, one trained fold model and its metrics out.
+
+The loop only trains, evaluates and calls hooks. Pruning, tracking and progress live in
+callbacks: plain callables that receive each epoch's metrics and may return a reason to stop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from trainer import metrics
+from trainer.augment import train_transform
+from trainer.cache import CachedImages
+from trainer.config import TrainConfig
+from trainer.device import Runtime, resolve_runtime, seed_everything
+from trainer.loader import EpochBatches, TrainLoader, eval_batches, stats_tensors, to_model_input
+from trainer.losses import build_loss
+from trainer.models import build_model, normalization, trainable_parameters
+from trainer.optim import build_optimizer, build_schedule
+
+
+@dataclass(frozen=True)
+class Split:
+    """One fold: indices into the dataset to train on and to validate on."""
+
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch of one fold measured; ``score`` is the config's metric."""
+
+    fold: int
+    epoch: int
+    train_loss: float
+    val_loss: float
+    accuracy: float
+    f1_macro: float
+    lr: float
+    score: float
+    seconds: float
+
+    def scalars(self) -> dict[str, float]:
+        """The measured values by name, without fold and epoch."""
+        values = asdict(self)
+        del values["fold"], values["epoch"]
+        return values
+
+
+# A callback returns None to go on, or a short reason to stop the fold now.
+Callback = Callable[[EpochMetrics], str | None]
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """A trained fold: its best epoch's weights, score and out-of-fold probabilities."""
+
+    fold: int
+    score: float
+    best_epoch: int
+    history: tuple[EpochMetrics, ...]
+    val_indices: np.ndarray
+    val_probs: np.ndarray
+    state_dict: dict[str, torch.Tensor]
+    seconds: float
+    stop_reason: str | None
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs actually trained (fewer than configured when stopped early)."""
+        return len(self.history)
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; the message says in which epoch."""
+
+
+@dataclass
+class _Fold:
+    """The mutable objects of a fold being trained."""
+
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: object
+    scaler: torch.amp.GradScaler | None
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def fit(
+    config: TrainConfig,
+    data: CachedImages,
+    split: Split,
+    callbacks: Sequence[Callback] = (),
+) -> FoldResult:
+    """Train one fold and return the weights and predictions of its best epoch.
+
+    Args:
+        config: Everything that decides how the model is trained.
+        data: Cached images and labels of the whole dataset.
+        split: Which indices to train and validate on.
+        callbacks: Called after every epoch with its metrics; any non-None return stops the fold.
+
+    Raises:
+        Diverged: If the training loss is not finite.
+    """
+    started = time.perf_counter()
+    runtime = resolve_runtime(config)
+    seed_everything(config.seed * 1000 + split.fold)
+    fold = _prepare(config, data, split, runtime)
+    loader = _train_loader(config, data, split, runtime)
+    history: list[EpochMetrics] = []
+    best: tuple[float, int, dict[str, torch.Tensor], np.ndarray] | None = None
+    stop_reason = None
+    for epoch in range(config.epochs):
+        tick = time.perf_counter()
+        train_loss = _train_epoch(fold, loader.epoch(epoch), runtime, config, epoch)
+        probs = predict_probs(fold.model, data.images, split.val, runtime, fold.mean, fold.std)
+        row = _measure(config, split, data, epoch, train_loss, probs, fold, tick)
+        fold.schedule.after_epoch(row.val_loss)
+        history.append(row)
+        if best is None or metrics.is_better(config.metric, row.score, best[0]):
+            best = (row.score, epoch, _cpu_copy(fold.model), probs)
+        stop_reason = _callbacks_say_stop(callbacks, row) or _patience_says_stop(
+            config, epoch, best[1]
+        )
+        if stop_reason:
+            break
+    score, best_epoch, state, probs = best
+    seconds = time.perf_counter() - started
+    return FoldResult(
+        split.fold, score, best_epoch, tuple(history), split.val, probs, state, seconds, stop_reason
+    )
+
+
+def _prepare(config: TrainConfig, data: CachedImages, split: Split, runtime: Runtime) -> _Fold:
+    num_classes = len(data.classes)
+    model = build_model(config, num_classes)
+    mean, std = stats_tensors(*normalization(model), runtime.device)
+    model = model.to(runtime.device, memory_format=runtime.memory_format)
+    counts = np.bincount(data.labels[split.train], minlength=num_classes)
+    criterion = build_loss(config, counts).to(runtime.device)
+    optimizer = build_optimizer(config, trainable_parameters(model))
+    batches = max(1, len(split.train) // config.batch_size)
+    schedule = build_schedule(config, optimizer, math.ceil(batches / config.grad_accum))
+    fp16 = runtime.amp_dtype == torch.float16
+    scaler = torch.amp.GradScaler(runtime.device.type) if fp16 else None
+    return _Fold(model, criterion, optimizer, schedule, scaler, mean, std)
+
+
+def _train_loader(
+    config: TrainConfig, data: CachedImages, split: Split, runtime: Runtime
+) -> TrainLoader:
+    transform = train_transform(
+        config.augment, config.image_size, hflip=config.hflip, seed=config.seed
+    )
+    batches = EpochBatches(
+        data.images,
+        data.labels,
+        split.train,
+        batch_size=config.batch_size,
+        transform=transform,
+        seed=config.seed * 1000 + split.fold,
+    )
+    pin = runtime.device.type == "cuda"
+    return TrainLoader(batches, num_workers=runtime.num_workers, pin_memory=pin)
+
+
+def _autocast(runtime: Runtime):
+    if runtime.amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
+
+
+def _train_epoch(
+    fold: _Fold,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    runtime: Runtime,
+    config: TrainConfig,
+    epoch: int,
+) -> float:
+    fold.model.train()
+    total, count = torch.zeros((), device=runtime.device), 0
+    fold.optimizer.zero_grad(set_to_none=True)
+    pending = 0
+    for pixels, labels in batches:
+        x = to_model_input(
+            pixels,
+            device=runtime.device,
+            mean=fold.mean,
+            std=fold.std,
+            memory_format=runtime.memory_format,
+        )
+        y = labels.to(runtime.device, non_blocking=True)
+        with _autocast(runtime):
+            loss = fold.criterion(fold.model(x), y)
+        _backward(fold, loss / config.grad_accum)
+        total += loss.detach() * len(y)
+        count, pending = count + len(y), pending + 1
+        if pending == config.grad_accum:
+            _step(fold, config)
+            pending = 0
+    if pending:
+        _step(fold, config)
+    mean_loss = total.item() / max(count, 1)
+    if not math.isfinite(mean_loss):
+        raise Diverged(f"training loss became {mean_loss} in epoch {epoch + 1}")
+    return mean_loss
+
+
+def _backward(fold: _Fold, loss: torch.Tensor) -> None:
+    if fold.scaler is None:
+        loss.backward()
+    else:
+        fold.scaler.scale(loss).backward()
+
+
+def _step(fold: _Fold, config: TrainConfig) -> None:
+    if fold.scaler is not None:
+        fold.scaler.unscale_(fold.optimizer)
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(fold.model.parameters(), config.grad_clip)
+    if fold.scaler is None:
+        fold.optimizer.step()
+    else:
+        fold.scaler.step(fold.optimizer)
+        fold.scaler.update()
+    fold.optimizer.zero_grad(set_to_none=True)
+    fold.schedule.after_step()
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    indices: np.ndarray,
+    runtime: Runtime,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Softmax probabilities (float32, rows in ``indices`` order) of un-augmented images."""
+    model.eval()
+    outputs = []
+    for pixels in eval_batches(images, indices, batch_size=batch_size):
+        x = to_model_input(
+            pixels,
+            device=runtime.device,
+            mean=mean,
+            std=std,
+            memory_format=runtime.memory_format,
+        )
+        with _autocast(runtime):
+            logits = model(x)
+        outputs.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(outputs).numpy()
+
+
+def _measure(
+    config: TrainConfig,
+    split: Split,
+    data: CachedImages,
+    epoch: int,
+    train_loss: float,
+    probs: np.ndarray,
+    fold: _Fold,
+    tick: float,
+) -> EpochMetrics:
+    y_true = data.labels[split.val]
+    y_pred = probs.argmax(axis=1)
+    return EpochMetrics(
+        fold=split.fold,
+        epoch=epoch,
+        train_loss=train_loss,
+        val_loss=metrics.log_loss(y_true, probs),
+        accuracy=metrics.accuracy(y_true, y_pred),
+        f1_macro=metrics.f1_macro(y_true, y_pred),
+        lr=fold.schedule.lr,
+        score=metrics.score(config.metric, y_true, probs),
+        seconds=time.perf_counter() - tick,
+    )
+
+
+def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _callbacks_say_stop(callbacks: Sequence[Callback], row: EpochMetrics) -> str | None:
+    # Every callback sees every epoch (tracking must log the epoch that triggers a stop).
+    reasons = [callback(row) for callback in callbacks]
+    return next((reason for reason in reasons if reason), None)
+
+
+def _patience_says_stop(config: TrainConfig, epoch: int, best_epoch: int) -> str | None:
+    if config.patience is not None and epoch - best_epoch >= config.patience:
+        return f"early stopping: no improvement for {config.patience} epochs"
+    return None

@@ -1,0 +1,259 @@
+"""Backbones from `timm`, built from a `TrainConfig`, with errors that say how to fix the input.
+
+Pretrained weights come from timm's hub (``pretrained=True``) or from a local file
+(``pretrained="/path/weights.safetensors"``). timm loads both with safetensors or
+``torch.load(weights_only=True)``, so a weights file cannot run code.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from safetensors import safe_open
+from timm.layers import freeze_batch_norm_2d
+
+from trainer.config import TrainConfig
+from trainer.errors import UserError
+
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
+"""File extensions accepted for ``pretrained=<path>`` (safetensors, or a torch state dict)."""
+
+# Keys a checkpoint may lack without changing the model (BatchNorm's step counter).
+_OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
+
+
+def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """Create the timm backbone named by ``config`` with a fresh ``num_classes``-way head.
+
+    With ``config.finetune == "head"`` only the classifier stays trainable and BatchNorm layers
+    are replaced by frozen ones (they use the pretrained running statistics in train mode too),
+    so the backbone is a fixed feature extractor.
+
+    Args:
+        config: Uses ``backbone``, ``pretrained``, ``dropout``, ``drop_path`` and ``finetune``.
+        num_classes: Outputs of the classifier head.
+
+    Returns:
+        The model on the CPU, in train mode.
+
+    Raises:
+        UserError: Unknown backbone, unavailable or unusable pretrained weights, or a drop
+            rate the backbone does not support.
+    """
+    _check_backbone(config.backbone)
+    weights = _weights_path(config.pretrained)
+    model = _create(config, num_classes, weights)
+    if weights is not None:
+        _check_weights_fit(model, weights, config.backbone)
+    if config.finetune == "head":
+        model = _freeze_backbone(model)
+    return model
+
+
+def normalization(
+    model: torch.nn.Module,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The per-channel ``(mean, std)`` the backbone expects, for inputs scaled to [0, 1].
+
+    Args:
+        model: A model built by timm.
+
+    Returns:
+        ``(mean, std)``, three floats each.
+    """
+    data_config = timm.data.resolve_model_data_config(model)
+    return _three(data_config["mean"]), _three(data_config["std"])
+
+
+def close_backbones(name: str, limit: int = 5) -> list[str]:
+    """The timm model names most similar to ``name``, best first (for "did you mean").
+
+    Args:
+        name: A misspelt or unknown model name.
+        limit: Most names to return.
+
+    Returns:
+        Up to ``limit`` names from ``timm.list_models()``; empty if nothing is close.
+    """
+    return difflib.get_close_matches(name.lower(), timm.list_models(), n=limit, cutoff=0.6)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer should update (those with ``requires_grad``)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _three(values: tuple[float, ...] | list[float]) -> tuple[float, float, float]:
+    """Three floats from a per-channel statistic (a single value is repeated)."""
+    floats = [float(v) for v in values]
+    if len(floats) == 1:
+        floats *= 3
+    return floats[0], floats[1], floats[2]
+
+
+def _check_backbone(name: str) -> None:
+    """Raise a `UserError` with suggestions when timm does not know ``name``."""
+    if ":" in name or timm.is_model(name):  # "hf-hub:..." and "local-dir:..." resolve later
+        return
+    close = close_backbones(name)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UserError(f"Unknown backbone {name!r}; {hint}See timm.list_models().")
+
+
+def _weights_path(pretrained: bool | str) -> Path | None:
+    """The validated absolute path of a local weights file, or None for True/False."""
+    if isinstance(pretrained, bool):
+        return None
+    path = Path(pretrained).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(
+            f"Pretrained weights file {str(pretrained)!r} does not exist; pass the path of an "
+            "existing .safetensors or .pth file, or pretrained=True/False."
+        )
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise UserError(
+            f"Pretrained weights file {str(pretrained)!r} has an unsupported extension; "
+            f"use one of {', '.join(WEIGHT_SUFFIXES)} (a saved state dict)."
+        )
+    return path
+
+
+def _model_kwargs(config: TrainConfig, num_classes: int, weights: Path | None) -> dict:
+    """Keyword arguments for `timm.create_model`."""
+    kwargs: dict = {"pretrained": bool(config.pretrained), "num_classes": num_classes}
+    # Many backbones (densenet, dla, ghostnet, inception, ...) reject drop_path_rate and a few
+    # encoders reject drop_rate, so a rate is only passed when it is in use.
+    if config.dropout > 0:
+        kwargs["drop_rate"] = config.dropout
+    if config.drop_path > 0:
+        kwargs["drop_path_rate"] = config.drop_path
+    if weights is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+    return kwargs
+
+
+def _create(config: TrainConfig, num_classes: int, weights: Path | None) -> torch.nn.Module:
+    """Call `timm.create_model`, turning the failures a user can fix into `UserError`."""
+    kwargs = _model_kwargs(config, num_classes, weights)
+    try:
+        return timm.create_model(config.backbone, **kwargs)
+    except TypeError as err:
+        field = _rejected_rate(err)
+        if field is None:
+            raise
+        raise UserError(
+            f"Backbone {config.backbone!r} does not support {field}; set {field}=0 for it "
+            "or pick another backbone."
+        ) from err
+    except Exception as err:  # timm, safetensors, torch and the hub raise many unrelated types
+        if weights is not None:
+            raise _unusable_file(config.backbone, weights, err) from err
+        if config.pretrained is True:
+            raise _hub_failure(config.backbone, err) from err
+        raise
+
+
+def _rejected_rate(err: TypeError) -> str | None:
+    """The config field whose timm argument a constructor rejected, if that is the error."""
+    for field, argument in (("drop_path", "drop_path_rate"), ("dropout", "drop_rate")):
+        if f"'{argument}'" in str(err) or f"['{argument}']" in str(err):
+            return field
+    return None
+
+
+def _reason(err: Exception) -> str:
+    """An exception message on one line, short enough for a one-sentence error."""
+    text = " ".join(str(err).split())
+    return text[:200] if text else type(err).__name__
+
+
+def _unusable_file(backbone: str, weights: Path, err: Exception) -> UserError:
+    """A `UserError` for a weights file that timm could not load into the backbone."""
+    return UserError(
+        f"Pretrained weights file {str(weights)!r} could not be loaded into backbone "
+        f"{backbone!r} ({_reason(err)}); pass weights saved from a {backbone!r} model."
+    )
+
+
+def _hub_failure(backbone: str, err: Exception) -> UserError:
+    """A `UserError` for hub weights that are missing, or not downloadable from here."""
+    if "No pretrained weights exist" in str(err):
+        return UserError(
+            f"timm has no pretrained weights for backbone {backbone!r}; use pretrained=False "
+            "or pass a weights file as pretrained='/path/file.safetensors'."
+        )
+    return UserError(
+        f"Pretrained weights for backbone {backbone!r} could not be downloaded (offline, or "
+        f"HF_HUB_OFFLINE is set: {type(err).__name__}: {_reason(err)}); download the weights "
+        "file on a connected machine and pass its path as pretrained='/path/file.safetensors'."
+    )
+
+
+def _check_weights_fit(model: torch.nn.Module, weights: Path, backbone: str) -> None:
+    """Raise a `UserError` if backbone tensors were missing from the weights file.
+
+    timm loads non-strictly when the head is resized, so a file from another architecture
+    would otherwise leave the backbone silently random.
+    """
+    head = _classifier_prefix(model)
+    expected = {
+        key
+        for key in model.state_dict()
+        if not key.startswith(head) and not key.endswith(_OPTIONAL_KEY_SUFFIXES)
+    }
+    missing = sorted(expected - _file_keys(weights))
+    if missing:
+        shown = ", ".join(missing[:3])
+        raise UserError(
+            f"Pretrained weights file {str(weights)!r} does not fit backbone {backbone!r} "
+            f"({len(missing)} of {len(expected)} tensors missing, e.g. {shown}); pass weights "
+            f"saved from a {backbone!r} model."
+        )
+
+
+def _classifier_prefix(model: torch.nn.Module) -> str:
+    """The state-dict key prefix of the classifier head (e.g. ``"fc."``)."""
+    classifier = model.get_classifier()
+    for name, module in model.named_modules():
+        if module is classifier and name:
+            return name + "."
+    return "\0"  # no named classifier: nothing is excluded
+
+
+def _file_keys(weights: Path) -> set[str]:
+    """Tensor names stored in a weights file, unwrapped and cleaned the way timm loads them."""
+    if weights.suffix.lower() == ".safetensors":
+        with safe_open(str(weights), framework="pt") as handle:
+            return set(handle.keys())
+    checkpoint = _torch_checkpoint(weights)
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    return set(timm.models.clean_state_dict(checkpoint)) if isinstance(checkpoint, dict) else set()
+
+
+def _torch_checkpoint(weights: Path) -> object:
+    """A torch checkpoint loaded without running pickled code, memory-mapped when possible."""
+    try:  # mmap avoids reading every tensor just to list the names
+        return torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files from the legacy (non-zip) torch format cannot be mapped
+        return torch.load(weights, map_location="cpu", weights_only=True)
+
+
+def _freeze_backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """Leave only the classifier trainable and make BatchNorm statistics fixed."""
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    classifier_parameters = list(model.get_classifier().parameters())
+    if not classifier_parameters:
+        raise UserError(
+            f"Backbone {type(model).__name__} has no trainable classifier for finetune='head'; "
+            "use finetune='full'."
+        )
+    for parameter in classifier_parameters:
+        parameter.requires_grad = True
+    return freeze_batch_norm_2d(model)
