@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 # Before albumentations is imported anywhere: it would ask PyPI for updates on every start.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from rich.console import Console
 
 from trainer.errors import UserError
 
@@ -31,6 +30,7 @@ def _quiet_libraries() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from search.report import make_console
     from search.run import RunRequest, run
 
     overrides = list(args.overrides)
@@ -48,14 +48,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     outcome = run(request)
     if outcome == "timeout":
-        Console(stderr=True).print("Stopped at --timeout; run the same command again to go on.")
+        make_console().print("Stopped at --timeout; run the same command again to go on.")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     import optuna
 
-    from search.report import summary_line, trials_table
+    from search.report import make_console, summary_line, trials_table
     from search.study import StudyError, StudyPlace, open_storage
 
     place = StudyPlace.of(args.study, args.storage)
@@ -67,7 +67,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"No study named '{place.name}' in {place.storage_url}; `hpo status` lists studies "
             "by the name `hpo run` printed (the space file's stem by default)."
         ) from None
-    console = Console()
+    console = make_console(stderr=False)
     console.print(f"{place.name}: {summary_line(study)}")
     console.print(trials_table(study, top=args.top))
     return 0

@@ -33,6 +33,9 @@ class Hooks:
     def trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial's final state is in the storage (complete, pruned or failed)."""
 
+    def study_ended(self, study: optuna.Study, outcome: str) -> None:
+        """This process stops running trials: ``done``, ``timeout``, ``interrupted``, ``failed``."""
+
 
 class HookList(Hooks):
     """Calls every hook in order."""
@@ -55,3 +58,7 @@ class HookList(Hooks):
     def trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
         for hook in self.hooks:
             hook.trial_ended(study, trial)
+
+    def study_ended(self, study: optuna.Study, outcome: str) -> None:
+        for hook in self.hooks:
+            hook.study_ended(study, outcome)

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.text import Text
 
 from search.hooks import Hooks
-from search.report import format_params, summary_line
+from search.report import format_params, make_console, summary_line
 
 if TYPE_CHECKING:
     import optuna
@@ -31,7 +31,7 @@ class Progress(Hooks):
         self, study: optuna.Study, *, target: int, folds: int, console: Console | None = None
     ) -> None:
         self.study, self.target, self.folds = study, target, folds
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console()
         self.started = time.monotonic()
         self.running = "waiting for the first trial"
         self.epochs = 0

@@ -8,9 +8,16 @@ from typing import Any
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
 from rich.table import Table
 
 from search.runner import SURPLUS
+
+
+def make_console(*, stderr: bool = True) -> Console:
+    """A console for tables; logs (not a terminal) get wide lines instead of 80 columns."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
 def visible_trials(study: optuna.Study) -> list[FrozenTrial]:

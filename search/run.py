@@ -1,9 +1,9 @@
-"""`hpo run`: from a space file to a finished study (and, later, its export)."""
+"""`hpo run`: from a space file to a finished study and its export."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import optuna
@@ -12,7 +12,7 @@ from rich.console import Console
 from search.hooks import HookList, Hooks
 from search.objective import Objective, StudyData
 from search.progress import Progress
-from search.report import trials_table
+from search.report import make_console, trials_table
 from search.runner import RunLimits, optimize
 from search.spacefile import Space, load_space
 from search.splits import fold_splits
@@ -33,11 +33,30 @@ class RunRequest:
     study: str | None = None
     storage: str | None = None
     worker: int = 0
-    heartbeat: int = 20
+    heartbeat: int | None = None
     progress: bool = True
+    export: bool = True
 
 
-def prepare(request: RunRequest) -> tuple[Space, StudyPlace, ImageTable, optuna.Study]:
+@dataclass(frozen=True)
+class StudyRun:
+    """Everything a running study is made of; hooks and the export are built from it."""
+
+    request: RunRequest
+    space: Space
+    place: StudyPlace
+    table: ImageTable
+    study: optuna.Study
+    data: StudyData
+    target: int
+    console: Console = field(default_factory=make_console)
+
+
+# Builds one observer of a run (MLflow tracking, checkpoints); see `default_hooks`.
+HookFactory = Callable[[StudyRun], Hooks]
+
+
+def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     """Load and check everything a run needs, creating or resuming the study.
 
     Raises:
@@ -49,8 +68,15 @@ def prepare(request: RunRequest) -> tuple[Space, StudyPlace, ImageTable, optuna.
     table = load_table(space.settings["data"])
     seed = space.config({}).seed
     sampler_seed = seed if request.worker == 0 else seed * 7919 + request.worker
-    study = open_study(place, space, table, sampler_seed=sampler_seed, heartbeat=request.heartbeat)
-    return space, place, table, study
+    heartbeat = request.heartbeat or space.settings["heartbeat"]
+    study = open_study(place, space, table, sampler_seed=sampler_seed, heartbeat=heartbeat)
+    fold_of = stored_folds(study)
+    if len(fold_of) != len(table):
+        raise StudyError(f"Study '{place.name}' stores splits for another dataset size.")
+    splits = fold_splits(np.asarray(fold_of), space.settings["folds"])
+    data = StudyData(table, splits, progress=request.progress)
+    target = request.trials or space.settings["trials"]
+    return StudyRun(request, space, place, table, study, data, target, console or make_console())
 
 
 def check_backbones(space: Space) -> None:
@@ -68,25 +94,47 @@ def check_backbones(space: Space) -> None:
             )
 
 
-def run(request: RunRequest, *, console: Console | None = None, hooks: Sequence[Hooks] = ()) -> str:
+def default_hooks() -> list[HookFactory]:
+    """The observers every run has: MLflow tracking (unless off) and fold checkpoints."""
+    return []
+
+
+def run(
+    request: RunRequest,
+    *,
+    console: Console | None = None,
+    hooks: Sequence[HookFactory] | None = None,
+) -> str:
     """Run the study to its target of finished trials; returns "done" or "timeout"."""
-    console = console or Console(stderr=True)
-    space, place, table, study = prepare(request)
-    fold_of = stored_folds(study)
-    if len(fold_of) != len(table):
-        raise StudyError(f"Study '{place.name}' stores splits for another dataset size.")
-    folds = space.settings["folds"]
-    data = StudyData(table, fold_splits(np.asarray(fold_of), folds), progress=request.progress)
-    target = request.trials or space.settings["trials"]
+    current = prepare(request, console)
+    settings = current.space.settings
     limits = RunLimits(
-        target=target,
-        timeout=request.timeout or space.settings["timeout"],
-        max_failures=space.settings["max_failures"],
-        poll_seconds=min(5.0, request.heartbeat / 2),
+        target=current.target,
+        timeout=request.timeout or settings["timeout"],
+        max_failures=settings["max_failures"],
+        poll_seconds=min(5.0, settings["heartbeat"] / 2),
     )
-    with Progress(study, target=target, folds=folds, console=console) as progress:
-        all_hooks = HookList([progress, *hooks])
-        outcome = optimize(study, Objective(space, data, all_hooks), all_hooks, limits)
-    console.print(trials_table(study, title=f"Top trials of study '{place.name}'"))
-    console.print(f"Study storage: {place.storage_url}\nStudy folder:  {place.folder}")
+    factories = default_hooks() if hooks is None else hooks
+    progress = Progress(
+        current.study, target=current.target, folds=settings["folds"], console=current.console
+    )
+    observers = HookList([progress, *(make(current) for make in factories)])
+    objective = Objective(current.space, current.data, observers)
+    outcome = "failed"
+    try:
+        with progress:
+            outcome = optimize(current.study, objective, observers, limits)
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        observers.study_ended(current.study, outcome)
+    _report(current)
     return outcome
+
+
+def _report(current: StudyRun) -> None:
+    console = current.console
+    console.print(trials_table(current.study, title=f"Top trials of study '{current.place.name}'"))
+    console.print(f"Study storage: {current.place.storage_url}")
+    console.print(f"Study folder:  {current.place.folder}")

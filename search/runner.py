@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -98,7 +99,10 @@ def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: Ru
         if finished + running >= limits.target:
             time.sleep(limits.poll_seconds)  # others are running the last trials; one may fail
             continue
-        trial = study.ask()
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for optimize(); this loop beats itself.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
         if _is_surplus(study, trial, limits.target):
             continue
         frozen = run_trial(study, trial, objective)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.augment import TTA_MODES
+
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNERS = ("median", "percentile", "wilcoxon", "none")
 TRACKING = ("mlflow", "none")
@@ -81,4 +83,7 @@ SETTINGS: dict[str, Setting] = {
     "timeout": Setting(None, _optional(_positive), run_control=True),
     "max_failures": Setting(5, _int_at_least(1), run_control=True),
     "tracking": Setting("mlflow", _one_of(TRACKING), run_control=True),
+    "heartbeat": Setting(20, _int_at_least(1), run_control=True),
+    "top_k": Setting(1, _int_at_least(1), run_control=True),
+    "tta": Setting("none", _one_of(TTA_MODES), run_control=True),
 }
