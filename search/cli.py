@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 # Before albumentations is imported anywhere: it would ask PyPI for updates on every start.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-
+from search import export, predict  # light modules: parsers only
 from trainer.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -45,8 +45,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         study=args.study,
         storage=args.storage,
+        worker=args.worker_index,
+        workers=len(args.gpus) if args.gpus and args.workers == 1 else args.workers,
+        export=not args.no_export,
     )
-    outcome = run(request)
+    if request.workers > 1:
+        from search.workers import run_workers
+
+        outcome = run_workers(request, gpus=args.gpus)
+    else:
+        outcome = run(request)
     if outcome == "timeout":
         make_console().print("Stopped at --timeout; run the same command again to go on.")
     return 0
@@ -96,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = verbs.add_parser("data", help="check a dataset: images per class, sizes, bad files")
     data.add_argument("path", help="a folder of class subfolders, a CSV, or builtin:digits")
     data.set_defaults(handler=cmd_data)
+    export.add_parser(verbs)
+    predict.add_parser(verbs)
     return parser
 
 
@@ -113,6 +123,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _gpu_list(text: str) -> list[str]:
+    gpus = [part.strip() for part in text.split(",") if part.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus):
+        raise argparse.ArgumentTypeError(f"expected GPU numbers like 0,1,2, not {text!r}")
+    return gpus
+
+
 def _add_run(verbs: argparse._SubParsersAction) -> None:
     run = verbs.add_parser("run", help="run (or resume) a study from a space file")
     run.add_argument("space", help="the space file, e.g. spaces/baseline.py")
@@ -123,6 +140,12 @@ def _add_run(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--storage", help="Optuna storage URL (default: studies/NAME/study.db)")
     run.add_argument("--data", help="data to use instead of the space file's `data`")
     run.add_argument("--seed", type=int, help="seed for splits, sampler and training")
+    run.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker processes on this machine"
+    )
+    run.add_argument("--gpus", type=_gpu_list, help="GPUs for the workers, e.g. 0,1,2,3")
+    run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    run.add_argument("--no-export", action="store_true", help="skip the export at the end")
     run.set_defaults(handler=cmd_run)
 
 

@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import torch
 
 from search.hooks import Hooks
 from search.pruning import epoch_step, explain_epoch_prune, explain_fold_prune, fold_step
 from search.spacefile import Space
 from trainer.cache import CachedImages, cached_images
 from trainer.config import TrainConfig
-from trainer.loop import Diverged, EpochMetrics, Split, fit
+from trainer.device import release_memory
+from trainer.loop import Diverged, EpochMetrics, FoldResult, Split, fit
 from trainer.sources import ImageTable
 
 
@@ -85,7 +87,7 @@ class Objective:
         for split in self.data.splits:
             pruning = _EpochPruning(trial, split.fold, self.hooks)
             try:
-                result = fit(config, images, split, [pruning])
+                result, config = _fit_within_memory(trial, config, images, split, pruning)
             except Diverged as err:
                 _record(trial, scores, epochs, started)
                 _prune(trial, f"fold {split.fold}: {err}", split.fold)
@@ -100,6 +102,33 @@ class Objective:
             if len(scores) < len(self.data.splits) and trial.should_prune():
                 _prune(trial, explain_fold_prune(trial.study, scores), split.fold)
         return statistics.fmean(scores)
+
+
+def _fit_within_memory(
+    trial: optuna.Trial,
+    config: TrainConfig,
+    images: CachedImages,
+    split: Split,
+    pruning: _EpochPruning,
+) -> tuple[FoldResult, TrainConfig]:
+    """`fit`, retried with half the batch and twice the accumulation after out-of-memory.
+
+    The effective batch (batch_size x grad_accum) stays the same, so the trial still tests the
+    hyperparameters it sampled; the smaller batch is kept for the trial's remaining folds.
+    """
+    while True:
+        try:
+            return fit(config, images, split, [pruning]), config
+        except torch.OutOfMemoryError:
+            release_memory()
+            if config.batch_size < 2:
+                raise
+            config = config.replace(
+                batch_size=config.batch_size // 2, grad_accum=config.grad_accum * 2
+            )
+            retry = {"fold": split.fold, "batch_size": config.batch_size}
+            trial.set_user_attr("out_of_memory_retry", {**retry, "grad_accum": config.grad_accum})
+            trial.set_user_attr("config", config.to_dict())
 
 
 def _record(trial: optuna.Trial, scores: list[float], epochs: int, started: float) -> None:

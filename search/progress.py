@@ -76,7 +76,7 @@ class Progress(Hooks):
 
     def trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.summary = summary_line(study, self.target)
-        line = _trial_line(trial)
+        line = trial_line(trial)
         if self.live is not None:
             self.live.console.print(line, soft_wrap=True)
         else:
@@ -85,7 +85,8 @@ class Progress(Hooks):
         self._refresh()
 
 
-def _trial_line(trial: FrozenTrial) -> str:
+def trial_line(trial: FrozenTrial) -> str:
+    """One line saying how a finished trial ended, with its key numbers and parameters."""
     attrs = trial.user_attrs
     folds = len(attrs.get("fold_scores", []))
     where = f"{folds} folds, {attrs.get('epochs', 0)} epochs, {attrs.get('seconds', 0):.1f}s"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -14,6 +17,7 @@ from search.objective import Objective, StudyData
 from search.progress import Progress
 from search.report import make_console, trials_table
 from search.runner import RunLimits, optimize
+from search.settings import SETTINGS
 from search.spacefile import Space, load_space
 from search.splits import fold_splits
 from search.study import StudyError, StudyPlace, open_study, stored_folds
@@ -33,6 +37,7 @@ class RunRequest:
     study: str | None = None
     storage: str | None = None
     worker: int = 0
+    workers: int = 1
     heartbeat: int | None = None
     progress: bool = True
     export: bool = True
@@ -66,10 +71,12 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     check_backbones(space)
     place = StudyPlace.of(request.study or space.name, request.storage)
     table = load_table(space.settings["data"])
-    seed = space.config({}).seed
-    sampler_seed = seed if request.worker == 0 else seed * 7919 + request.worker
+    process_seed = _process_seed(request, space.config({}).seed)
     heartbeat = request.heartbeat or space.settings["heartbeat"]
-    study = open_study(place, space, table, sampler_seed=sampler_seed, heartbeat=heartbeat)
+    study = open_study(place, space, table, process_seed=process_seed, heartbeat=heartbeat)
+    # `hpo export` reads the latest run-control settings (top_k, tta, tracking) from here.
+    run_control = {k: v for k, v in space.settings.items() if SETTINGS[k].run_control}
+    study.set_user_attr("hpo.run_control", run_control)
     fold_of = stored_folds(study)
     if len(fold_of) != len(table):
         raise StudyError(f"Study '{place.name}' stores splits for another dataset size.")
@@ -77,6 +84,18 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     data = StudyData(table, splits, progress=request.progress)
     target = request.trials or space.settings["trials"]
     return StudyRun(request, space, place, table, study, data, target, console or make_console())
+
+
+def _process_seed(request: RunRequest, seed: int) -> int:
+    """The model-based sampler's seed: the study's for a lone process, else one per process.
+
+    TPE seeded alike in several processes would propose alike; a worker, or a process on
+    shared storage, mixes in who it is (start-up trials are seeded per trial number anyway).
+    """
+    if request.worker == 0 and request.storage is None:
+        return seed
+    who = f"{seed}:{request.worker}:{socket.gethostname()}:{os.getpid()}"
+    return zlib.crc32(who.encode())
 
 
 def check_backbones(space: Space) -> None:
@@ -96,7 +115,9 @@ def check_backbones(space: Space) -> None:
 
 def default_hooks() -> list[HookFactory]:
     """The observers every run has: MLflow tracking (unless off) and fold checkpoints."""
-    return []
+    from search.checkpoints import checkpoint_hook
+
+    return [checkpoint_hook]
 
 
 def run(
@@ -114,11 +135,10 @@ def run(
         max_failures=settings["max_failures"],
         poll_seconds=min(5.0, settings["heartbeat"] / 2),
     )
-    factories = default_hooks() if hooks is None else hooks
     progress = Progress(
         current.study, target=current.target, folds=settings["folds"], console=current.console
     )
-    observers = HookList([progress, *(make(current) for make in factories)])
+    observers = observers_for(current, default_hooks() if hooks is None else hooks, progress)
     objective = Objective(current.space, current.data, observers)
     outcome = "failed"
     try:
@@ -129,8 +149,29 @@ def run(
         raise
     finally:
         observers.study_ended(current.study, outcome)
-    _report(current)
+    finish(current, outcome)
     return outcome
+
+
+def observers_for(current: StudyRun, factories: Sequence[HookFactory], *first: Hooks) -> HookList:
+    """The hooks of a run: ``first`` (e.g. the progress view), then one per factory."""
+    return HookList([*first, *(make(current) for make in factories)])
+
+
+def finish(current: StudyRun, outcome: str) -> None:
+    """Print the top trials and paths, then export (unless this process is a worker)."""
+    _report(current)
+    if current.request.export and current.request.worker == 0 and outcome != "failed":
+        _export(current)
+
+
+def _export(current: StudyRun) -> None:
+    from search.export import NothingToExport, export_study
+
+    try:
+        export_study(current)
+    except NothingToExport as err:
+        current.console.print(f"No export: {err}")
 
 
 def _report(current: StudyRun) -> None:

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.hooks import Hooks
 from search.objective import Objective
+from trainer.device import release_memory
 from trainer.errors import UserError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -105,8 +106,11 @@ def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: Ru
             trial = study.ask()
         if _is_surplus(study, trial, limits.target):
             continue
-        frozen = run_trial(study, trial, objective)
+        frozen, stop = run_trial(study, trial, objective)
         hooks.trial_ended(study, frozen)
+        release_memory()
+        if stop is not None:
+            raise stop
         failures = failures + 1 if frozen.state == TrialState.FAIL else 0
         if failures >= limits.max_failures:
             raise TooManyFailures(_too_many(frozen, failures))
@@ -134,29 +138,33 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
     return True
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> FrozenTrial:
-    """Run one trial under a heartbeat and record its outcome; returns the stored trial.
+def run_trial(
+    study: optuna.Study, trial: optuna.Trial, objective: Objective
+) -> tuple[FrozenTrial, BaseException | None]:
+    """Run one trial under a heartbeat and record its outcome in the storage.
 
-    Raises:
-        KeyboardInterrupt: After recording the trial as failed ("interrupted").
-        UserError: After recording the trial as failed (a problem the user must fix).
+    Returns:
+        The stored trial, and the exception that must stop the study after the hooks have
+        seen the trial: Ctrl-C, or a `UserError` (a problem only the user can fix).
     """
+    stop = None
     with Heartbeat(study._storage, trial._trial_id):
         try:
             value = objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             _fail(study, trial, "interrupted (Ctrl-C)", None)
-            raise
+            stop = err
         except UserError as err:
             _fail(study, trial, str(err), None)
-            raise
+            stop = err
         except Exception as err:  # any other error fails this trial; the study goes on
             _fail(study, trial, f"{type(err).__name__}: {err}", traceback.format_exc())
         else:
             study.tell(trial, value)
-    return study._storage.get_trial(trial._trial_id)
+    # Optuna exposes no public way to read one trial by id from a study.
+    return study._storage.get_trial(trial._trial_id), stop
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, trace: str | None) -> None:

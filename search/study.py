@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from search.pruning import build_pruner
+from search.samplers import build_sampler
 from search.spacefile import Space
 from search.splits import assign_folds
 from trainer import metrics
@@ -78,12 +80,30 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
         }
     try:
-        return RDBStorage(url, engine_kwargs=kwargs, **beat)
+        return _connect(url, kwargs, beat)
     except Exception as err:  # SQLAlchemy raises many kinds for bad URLs and dead servers
         raise StudyError(
-            f"Cannot open the study storage '{_redact(url)}' ({_first_line(err)}); check the URL "
-            "(e.g. postgresql://user@host:5432/db) and that the database server is running."
+            f"Cannot open the study storage '{_redact(url)}' ({_first_line(err)}); check the "
+            "URL (e.g. postgresql://user@host:5432/db) and that the database server is running."
         ) from None
+
+
+def _connect(url: str, engine_kwargs: dict[str, Any], beat: dict[str, Any]) -> RDBStorage:
+    """`RDBStorage`, retried while another worker is creating the same tables."""
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        except Exception as err:
+            if not _creation_race(err):
+                raise
+            time.sleep(0.5 + attempt)
+    return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+
+
+def _creation_race(err: Exception) -> bool:
+    """Whether ``err`` is another process creating the same storage tables at the same time."""
+    text = str(err)
+    return any(s in text for s in ("UNIQUE constraint", "already exists", "database is locked"))
 
 
 def _redact(url: str) -> str:
@@ -99,28 +119,12 @@ def _first_line(err: Exception) -> str:
     return (text[0] if text else type(err).__name__).rstrip(".")
 
 
-def build_sampler(space: Space, *, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler named by the space's ``sampler`` setting, seeded."""
-    name = space.settings["sampler"]
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=space.conditional, constant_liar=True
-    )
-
-
 def open_study(
     place: StudyPlace,
     space: Space,
     table: ImageTable,
     *,
-    sampler_seed: int,
+    process_seed: int,
     heartbeat: int | None,
 ) -> optuna.Study:
     """Create the study, or load it and check that it is the same study.
@@ -140,7 +144,12 @@ def open_study(
     study = optuna.create_study(
         study_name=place.name,
         storage=storage,
-        sampler=build_sampler(space, seed=sampler_seed),
+        sampler=build_sampler(
+            settings["sampler"],
+            seed=space.config({}).seed,
+            process_seed=process_seed,
+            grouped=space.conditional,
+        ),
         pruner=pruner,
         direction=direction,
         load_if_exists=True,

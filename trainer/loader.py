@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -77,17 +78,6 @@ class _EpochKeys(Sampler):
         return iter([(self.epoch, b) for b in range(self.num_batches)])
 
 
-def _quiet_worker(_: int) -> None:
-    # One thread per worker: workers plus the trainer's threads must not exceed the cores.
-    torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover - albumentations always brings OpenCV
-        pass
-
-
 class TrainLoader:
     """Iterates the training batches of one epoch at a time.
 
@@ -98,6 +88,11 @@ class TrainLoader:
     """
 
     def __init__(self, batches: EpochBatches, *, num_workers: int, pin_memory: bool) -> None:
+        # Parallelism comes from whole batches and worker processes. OpenCV's own thread pool
+        # would oversubscribe the cores, and resizing it inside a forked worker deadlocks, so
+        # it is set once here, before any worker is forked (torch already gives each worker
+        # one thread).
+        cv2.setNumThreads(1)
         self.keys = _EpochKeys(len(batches))
         self.loader = DataLoader(
             batches,
@@ -107,7 +102,6 @@ class TrainLoader:
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
-            worker_init_fn=_quiet_worker if num_workers > 0 else None,
         )
 
     def __len__(self) -> int:

@@ -1,0 +1,125 @@
+"""Tracking through a real `mlflow server` on 127.0.0.1: MLFLOW_TRACKING_URI is honoured, and a
+server that dies or hangs mid-study costs the study nothing but its tracking."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+from rich.console import Console
+
+from search.hooks import Hooks
+from search.run import RunRequest, prepare, run
+from search.tracking import TRIAL_RUN_ATTR, MlflowTracker, tracking_hook
+from search.ui import free_port, start_server, stop_server
+from tests.search.test_tracking import write_space
+
+STOPPED = "stopped answering"
+
+
+@dataclass
+class Server:
+    """A running `mlflow server` and where it keeps its state."""
+
+    url: str
+    store: str
+    process: object
+    log: Path
+
+
+@contextmanager
+def mlflow_server(folder: Path, store: str | None = None) -> Iterator[Server]:
+    """`mlflow server` on a free loopback port (its own sqlite store unless ``store`` is given)."""
+    store = store or f"sqlite:///{folder / 'server.db'}"
+    port, log = free_port(), folder / "mlflow-server.log"
+    process = start_server(store, port=port, log=log)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", store, process, log)
+    finally:
+        stop_server(process)
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=160)
+
+
+class StopServerAfterFirstTrial(Hooks):
+    """Kills the tracking server once the first trial is stored (and tracked)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server, self.done = server, False
+
+    def trial_ended(self, study: optuna.Study, trial) -> None:
+        if not self.done:
+            stop_server(self.server.process)
+            self.done = True
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_uri_points_the_study_at_a_tracking_server(tmp_path, monkeypatch):
+    with mlflow_server(tmp_path) as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        space = write_space(Path.cwd(), "remote")
+        request = RunRequest(space=str(space), overrides=["epochs=1"], trials=2, progress=False)
+        assert run(request, console=quiet(), hooks=[tracking_hook]) == "done"
+        client = mlflow.MlflowClient(server.url)
+        experiment = client.get_experiment_by_name("remote").experiment_id
+        runs = client.search_runs([experiment])
+        kinds = sorted(r.data.tags["hpo.kind"] for r in runs)
+        assert kinds == ["fold"] * 4 + ["study"] + ["trial"] * 2
+        (study_run,) = [r for r in runs if r.data.tags["hpo.kind"] == "study"]
+        trial_run = next(r for r in runs if r.data.tags["hpo.kind"] == "trial")
+        artifacts = {a.path for a in client.list_artifacts(trial_run.info.run_id)}
+        assert {"config.yaml", "confusion_matrix.png", "oof_predictions.csv"} <= artifacts
+        assert "trials.csv" in {a.path for a in client.list_artifacts(study_run.info.run_id)}
+        history = client.get_metric_history(trial_run.info.run_id, "fold_score")
+        assert len(history) == 2
+    assert not Path("mlflow.db").exists()  # nothing went to the local default store
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_study_loses_no_trial(tmp_path, monkeypatch, capfd):
+    with mlflow_server(tmp_path) as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        space = write_space(Path.cwd(), "outage")
+        request = RunRequest(space=str(space), overrides=["epochs=1"], trials=3, progress=False)
+        hooks = [tracking_hook, lambda _: StopServerAfterFirstTrial(server)]
+        assert run(request, console=quiet(), hooks=hooks) == "done"
+    err = capfd.readouterr().err
+    assert err.count(STOPPED) == 1, err
+    assert f"MLflow tracking at {server.url} {STOPPED}" in err
+    assert "the study goes on without it." in err
+    study = optuna.load_study(
+        study_name="outage", storage=f"sqlite:///{Path.cwd()}/studies/outage/study.db"
+    )
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [TRIAL_RUN_ATTR in t.user_attrs for t in trials] == [True, False, False]
+
+
+def test_a_server_that_hangs_is_given_up_within_the_timeout(monkeypatch, capfd):
+    # A socket that accepts connections but never answers: what a hung server looks like.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        current = prepare(RunRequest(space=str(write_space(Path.cwd(), "hung")), progress=False))
+        started = time.monotonic()
+        tracker = MlflowTracker(current, tracking_uri=uri)
+        waited = time.monotonic() - started
+    assert not tracker.active
+    err = capfd.readouterr().err
+    assert err.count(STOPPED) == 1
+    assert "timed out" in err
+    assert waited < 60, "a hung server must not stall the study"

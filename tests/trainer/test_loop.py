@@ -1,0 +1,164 @@
+"""`fit`: it learns, keeps the best epoch, calls back, stops, repeats, and accumulates."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import loop
+from trainer.cache import cached_images
+from trainer.config import TrainConfig
+from trainer.device import pick_device, resolve_runtime
+from trainer.errors import ConfigError
+from trainer.loader import EpochBatches, TrainLoader, stats_tensors
+from trainer.loop import Diverged, Split, fit, predict_probs
+from trainer.models import build_model, normalization
+from trainer.sources import load_table
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    table = load_table("builtin:digits")
+    return cached_images(table, 32, directory=tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def split_of(n: int, *, train: int, val: int, seed: int = 0) -> Split:
+    order = np.random.default_rng(seed).permutation(n)
+    return Split(0, order[:train], order[train : train + val])
+
+
+def test_learns_digits_to_at_least_90_percent(digits):
+    config = TrainConfig(backbone="test_resnet", epochs=3, lr=3e-3, hflip=False)
+    result = fit(config, digits, split_of(len(digits), train=1400, val=397))
+    assert result.history[-1].accuracy >= 0.90
+    assert result.score == max(row.score for row in result.history)
+    assert result.history[result.best_epoch].score == result.score
+
+
+def test_result_holds_best_epoch_weights_and_out_of_fold_probabilities(digits):
+    split = split_of(len(digits), train=512, val=128)
+    config = TrainConfig(backbone="test_vit", epochs=2, augment="none")
+    result = fit(config, digits, split)
+    assert result.val_probs.shape == (128, 10)
+    np.testing.assert_allclose(result.val_probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(result.val_indices, split.val)
+    model = build_model(config, 10)
+    model.load_state_dict(result.state_dict)
+    runtime = resolve_runtime(config)
+    mean, std = stats_tensors(*normalization(model), runtime.device)
+    again = predict_probs(model, digits.images, split.val, runtime, mean, std)
+    np.testing.assert_allclose(again, result.val_probs, atol=1e-5)
+    assert set(result.history[0].scalars()) == {
+        "train_loss",
+        "val_loss",
+        "accuracy",
+        "f1_macro",
+        "lr",
+        "score",
+        "seconds",
+    }
+
+
+def test_callbacks_see_every_epoch_and_can_stop_the_fold(digits):
+    seen_a, seen_b = [], []
+
+    def stop_after_second(row):
+        seen_a.append(row.epoch)
+        return "enough" if row.epoch == 1 else None
+
+    def watch(row):
+        seen_b.append((row.fold, row.epoch))
+
+    config = TrainConfig(backbone="test_vit", epochs=5, augment="none")
+    result = fit(
+        config, digits, split_of(len(digits), train=256, val=64), [stop_after_second, watch]
+    )
+    assert seen_a == [0, 1] and seen_b == [(0, 0), (0, 1)]
+    assert result.stop_reason == "enough" and result.epochs_run == 2
+
+
+def test_patience_stops_a_fold_that_no_longer_improves(digits):
+    config = TrainConfig(backbone="test_vit", epochs=6, lr=1e-9, patience=2, scheduler="none")
+    result = fit(config, digits, split_of(len(digits), train=256, val=64))
+    assert result.epochs_run < 6
+    assert result.stop_reason.startswith("early stopping")
+
+
+def test_same_seed_repeats_exactly_on_the_cpu(digits):
+    config = TrainConfig(backbone="test_resnet", epochs=2, augment="medium", hflip=False)
+    split = split_of(len(digits), train=256, val=64)
+    first, second = fit(config, digits, split), fit(config, digits, split)
+    assert [r.train_loss for r in first.history] == [r.train_loss for r in second.history]
+    assert all(torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)
+    other = fit(config.replace(seed=1), digits, split)
+    assert other.history[0].train_loss != first.history[0].train_loss
+
+
+def test_gradient_accumulation_matches_one_big_batch(digits):
+    # test_vit has no batch norm, so two half batches give the same gradient as one batch.
+    base = TrainConfig(
+        backbone="test_vit", epochs=1, augment="none", scheduler="none", optimizer="sgd"
+    )
+    split = split_of(len(digits), train=256, val=64)
+    big = fit(base.replace(batch_size=64), digits, split)
+    accumulated = fit(base.replace(batch_size=32, grad_accum=2), digits, split)
+    for key, value in big.state_dict.items():
+        torch.testing.assert_close(accumulated.state_dict[key], value, atol=2e-5, rtol=1e-4)
+
+
+def test_gradient_clipping_and_step_schedule_run(digits):
+    config = TrainConfig(
+        backbone="test_vit", epochs=2, grad_clip=0.5, scheduler="step", step_size=1, lr=1e-3
+    )
+    result = fit(config, digits, split_of(len(digits), train=256, val=64))
+    assert result.history[1].lr == pytest.approx(1e-4)
+
+
+def test_non_finite_loss_raises_diverged(digits, monkeypatch):
+    class NanLoss(torch.nn.Module):
+        def forward(self, logits, labels):
+            return logits.sum() * float("nan")
+
+    monkeypatch.setattr(loop, "build_loss", lambda config, counts: NanLoss())
+    config = TrainConfig(backbone="test_vit", epochs=2)
+    with pytest.raises(Diverged, match="epoch 1"):
+        fit(config, digits, split_of(len(digits), train=128, val=64))
+
+
+def test_batches_do_not_depend_on_worker_count(digits):
+    from trainer.augment import train_transform
+
+    def epoch_batches(workers):
+        transform = train_transform("heavy", 32, seed=0)
+        batches = EpochBatches(
+            digits.images, digits.labels, np.arange(200), batch_size=50, transform=transform, seed=3
+        )
+        loader = TrainLoader(batches, num_workers=workers, pin_memory=False)
+        return [x.clone() for x, _ in loader.epoch(1)]
+
+    inline, worker = epoch_batches(0), epoch_batches(1)
+    assert len(inline) == 4
+    assert all(torch.equal(a, b) for a, b in zip(inline, worker, strict=True))
+
+
+def test_device_is_picked_automatically_and_checked():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available() and torch.backends.mps.is_available():
+        expected = "mps"
+    assert pick_device().type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            pick_device("cuda")
+
+
+def test_trainer_imports_neither_optuna_nor_mlflow():
+    code = (
+        "import sys, trainer.loop, trainer.cache, trainer.summary, trainer.sources\n"
+        "bad = [m for m in ('optuna', 'mlflow') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
