@@ -134,7 +134,7 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_the_study(space):
     worker.wait()
     time.sleep(3)  # past the heartbeat grace period
     again = _start(space, "--trials", "3", "epochs=4")
-    out, err = again.communicate(timeout=600)
+    _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err.decode()[-3000:]
     study = load()
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
