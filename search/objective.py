@@ -28,6 +28,7 @@ class StudyData:
 
     table: ImageTable
     splits: Sequence[Split]
+    splits_id: str = ""
     cache_dir: Path | None = None
     progress: bool = True
     _by_size: dict[int, CachedImages] = field(default_factory=dict)
@@ -76,6 +77,7 @@ class Objective:
         """Run the trial; raises `optuna.TrialPruned` with the reason when it is pruned."""
         config = self.space.config(self.space.sample(trial))
         trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("splits_id", self.data.splits_id)
         self.hooks.trial_started(trial, config)
         return self.cross_validate(trial, config)
 

@@ -20,7 +20,7 @@ from search.runner import RunLimits, optimize
 from search.settings import SETTINGS
 from search.spacefile import Space, load_space
 from search.splits import fold_splits
-from search.study import StudyError, StudyPlace, open_study, stored_folds
+from search.study import StudyError, StudyPlace, open_study, splits_id, stored_folds
 from trainer.errors import ConfigError
 from trainer.models import close_backbones
 from trainer.sources import ImageTable, load_table
@@ -81,7 +81,7 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     if len(fold_of) != len(table):
         raise StudyError(f"Study '{place.name}' stores splits for another dataset size.")
     splits = fold_splits(np.asarray(fold_of), space.settings["folds"])
-    data = StudyData(table, splits, progress=request.progress)
+    data = StudyData(table, splits, splits_id(fold_of), progress=request.progress)
     target = request.trials or space.settings["trials"]
     return StudyRun(request, space, place, table, study, data, target, console or make_console())
 
