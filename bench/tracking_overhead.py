@@ -7,6 +7,8 @@ cache and MLflow store), so neither inherits warm imports or caches from the oth
 variant creates its MLflow store (./mlflow.db) before the clock starts, as a project has one
 store for all its studies; that one-off cost is printed separately. Goal: ratio <= 1.05.
 Both variants must find the same trial values (tracking observes, it never changes a study).
+On a machine shared with other work, wall times swing with the load; the CPU-time ratio printed
+beside them is steadier (use --repeats to keep each variant's best).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -55,18 +58,28 @@ def child(variant: str, trials: int) -> dict:
     Path("bench_space.py").write_text(SPACE)
     hooks = [h for h in default_hooks() if h is not tracking_hook] + [tracking_hook]
     request = RunRequest(
-        space="bench_space.py", overrides=[f"tracking={variant}"], trials=trials, progress=False
+        space="bench_space.py",
+        overrides=[f"tracking={variant}"],
+        trials=trials,
+        progress=False,
+        export=False,  # the export's own MLflow model logging is not what is measured here
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     run(request, hooks=hooks)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     import optuna
 
     study = optuna.load_study(
         study_name="bench_space", storage="sqlite:///studies/bench_space/study.db"
     )
     values = [round(t.value, 6) for t in study.trials if t.value is not None]
-    return {"seconds": seconds, "store_seconds": store_seconds, "values": values}
+    return {"seconds": seconds, "cpu": cpu, "store_seconds": store_seconds, "values": values}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process, all threads: steadier than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(variant: str, trials: int) -> dict:
@@ -116,6 +129,8 @@ def main() -> None:
     print(f"tracking=mlflow  {on:8.1f} s   (+ {store:.1f} s once to create ./mlflow.db)")
     print(f"ratio            {on / off:8.3f}   (goal <= 1.05)")
     print(f"ratio incl. store creation {(on + store) / off:.3f}")
+    cpu_off, cpu_on = best["none"]["cpu"], best["mlflow"]["cpu"]
+    print(f"CPU time         {cpu_off:.1f} s -> {cpu_on:.1f} s, ratio {cpu_on / cpu_off:.3f}")
     same = best["none"]["values"] == best["mlflow"]["values"]
     print(f"same trial values with and without tracking: {'yes' if same else 'NO'}")
 

@@ -11,7 +11,6 @@ metric names, files, figures) is in `search.tracking_artifacts`.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import sys
 import time
@@ -41,12 +40,13 @@ STUDY_RUN_ATTR = "hpo.mlflow_run_id"
 TRIAL_RUN_ATTR = "mlflow_run_id"
 
 # MLflow retries a failed HTTP request 7 times with a 2 s backoff factor and waits up to 120 s
-# for an answer: minutes per call while a tracking server is down. These give up within seconds
-# and still ride out a brief hiccup; values the user set win.
+# for an answer: minutes per call while a tracking server is down. With these a refused
+# connection gives up in about 3 s and a hung server in about a minute (once: tracking then
+# stops), while a slow artifact upload still has 20 s to be answered; values the user set win.
 _MLFLOW_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # read when mlflow is imported: no INFO lines per study
 }
 _BATCH = 100  # MLflow's limit of params per log_batch call
@@ -113,7 +113,7 @@ class MlflowTracker(Hooks):
     Args:
         run: The running study (space, data, Optuna study).
         refresh_seconds: Least time between two refreshes of the study run's trials table and
-            plots (they are refreshed again when this process stops).
+            plots, and before the first (they are refreshed again when this process stops).
         tracking_uri: Where to write; by default MLflow's own choice (``MLFLOW_TRACKING_URI``,
             else ``sqlite:///mlflow.db`` in the working directory).
     """
@@ -128,7 +128,8 @@ class MlflowTracker(Hooks):
         self.guard = Guard(self.uri)
         self.client: MlflowClient = self.guard(mlflow.MlflowClient, self.uri)  # None if bad URI
         self.run, self.name = run, run.place.name
-        self.refresh_seconds, self.refreshed = refresh_seconds, -math.inf
+        # The first refresh too waits refresh_seconds: a short study pays for its plots once.
+        self.refresh_seconds, self.refreshed = refresh_seconds, time.monotonic()
         project = run.space.path.resolve().parent
         self.tags = {
             **content.version_tags(),

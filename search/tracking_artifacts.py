@@ -60,7 +60,7 @@ _VERSIONED = (
     "numpy",
 )
 # Above this many classes a per-class probability column per sample makes the CSV huge.
-_MAX_PROB_COLUMNS = 100
+_MAX_PROB_COLUMNS = 20
 _MAX_ANNOTATED_CLASSES = 20
 _MAX_TICK_CLASSES = 50
 _TAG_LIMIT = 5000

@@ -19,7 +19,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from search.tracking import prepare_mlflow
 from trainer.errors import UserError
 
 _REMOTE = ("http://", "https://")
@@ -43,6 +42,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the UI (or point at the tracking server), print the address, wait for Ctrl-C."""
+    from search.tracking import prepare_mlflow
+
     prepare_mlflow()
     import mlflow
 

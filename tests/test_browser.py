@@ -67,7 +67,7 @@ def ui(tmp_path) -> Iterator[str]:
     """A tracked study in ./mlflow.db and the address of its runs table in a running UI."""
     require_browser()
     space = write_space(Path.cwd(), "digits-search")
-    request = RunRequest(space=str(space), trials=3, progress=False)
+    request = RunRequest(space=str(space), trials=3, progress=False, export=False)
     run(request, console=quiet(), hooks=[tracking_hook, lambda _: Saboteur()])
     store = mlflow.get_tracking_uri()
     experiment = mlflow.MlflowClient(store).get_experiment_by_name("digits-search")

@@ -36,6 +36,7 @@ except ImportError:  # Windows: builds may race, but the atomic rename still kee
 
 FORMAT_VERSION = 1
 _CHUNK_MIN, _CHUNK_MAX = 16, 256
+_SMALL = 200  # fewer files than this decode in-process
 _FIRST_FEW = 3
 
 Failure = tuple[int, str]  # (sample index, reason)
@@ -229,8 +230,10 @@ def _fill(
     """Decode every sample into ``path`` in parallel chunks; return the unreadable ones."""
     step = min(max(math.ceil(len(table) / (usable_cores() * 8)), _CHUNK_MIN), _CHUNK_MAX)
     starts = range(0, len(table), step)
-    # In-memory images are cheap to resize; shipping them to processes would cost more.
-    jobs = 1 if table.arrays is not None else worker_count(n_jobs, tasks=len(starts))
+    # In-memory images are cheap to resize, and a few hundred files decode faster than worker
+    # processes start: both stay in this process.
+    few = table.arrays is not None or len(table) < _SMALL
+    jobs = 1 if few else worker_count(n_jobs, tasks=len(starts))
     tasks = (
         delayed(_fill_chunk)(path, start, _sources(table, start, start + step), size)
         for start in starts

@@ -71,6 +71,9 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
     if amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     channels_last = on_cuda if config.channels_last is None else config.channels_last
+    if on_cuda:
+        # Shapes are fixed within a fold, so cuDNN's autotuning pays for itself after a step.
+        torch.backends.cudnn.benchmark = True
     return Runtime(device, amp_dtype, channels_last, _workers(config, on_cuda))
 
 

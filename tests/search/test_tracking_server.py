@@ -4,8 +4,12 @@ server that dies or hangs mid-study costs the study nothing but its tracking."""
 from __future__ import annotations
 
 import io
+import signal
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +23,8 @@ from rich.console import Console
 
 from search.hooks import Hooks
 from search.run import RunRequest, prepare, run
-from search.tracking import TRIAL_RUN_ATTR, MlflowTracker, tracking_hook
-from search.ui import free_port, start_server, stop_server
+from search.tracking import TRIAL_RUN_ATTR, MlflowTracker, prepare_mlflow, tracking_hook
+from search.ui import free_port, server_command, start_server, stop_server
 from tests.search.test_tracking import write_space
 
 STOPPED = "stopped answering"
@@ -69,7 +73,9 @@ def test_mlflow_tracking_uri_points_the_study_at_a_tracking_server(tmp_path, mon
     with mlflow_server(tmp_path) as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         space = write_space(Path.cwd(), "remote")
-        request = RunRequest(space=str(space), overrides=["epochs=1"], trials=2, progress=False)
+        request = RunRequest(
+            space=str(space), overrides=["epochs=1"], trials=2, progress=False, export=False
+        )
         assert run(request, console=quiet(), hooks=[tracking_hook]) == "done"
         client = mlflow.MlflowClient(server.url)
         experiment = client.get_experiment_by_name("remote").experiment_id
@@ -91,7 +97,9 @@ def test_a_server_that_dies_mid_study_loses_no_trial(tmp_path, monkeypatch, capf
     with mlflow_server(tmp_path) as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         space = write_space(Path.cwd(), "outage")
-        request = RunRequest(space=str(space), overrides=["epochs=1"], trials=3, progress=False)
+        request = RunRequest(
+            space=str(space), overrides=["epochs=1"], trials=3, progress=False, export=False
+        )
         hooks = [tracking_hook, lambda _: StopServerAfterFirstTrial(server)]
         assert run(request, console=quiet(), hooks=hooks) == "done"
     err = capfd.readouterr().err
@@ -123,3 +131,73 @@ def test_a_server_that_hangs_is_given_up_within_the_timeout(monkeypatch, capfd):
     assert err.count(STOPPED) == 1
     assert "timed out" in err
     assert waited < 60, "a hung server must not stall the study"
+
+
+UI_SCRIPT = """
+import argparse, sys
+from search import ui
+parser = argparse.ArgumentParser(prog="hpo")
+ui.add_parser(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.handler(args))
+"""
+
+
+def hpo_ui(*args: str) -> subprocess.Popen:
+    """`hpo ui ARGS` in a child process (unbuffered, so its lines arrive as printed)."""
+    command = [sys.executable, "-u", "-c", UI_SCRIPT, "ui", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_hpo_ui_serves_the_local_store_on_loopback_and_prints_the_runs_address():
+    prepare_mlflow()
+    experiment = mlflow.MlflowClient().create_experiment("shown", tags={"hpo.study": "shown"})
+    port = free_port()
+    ui = hpo_ui("shown", "--port", str(port))
+    address = (
+        f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    )
+    try:
+        printed = [ui.stdout.readline() for _ in range(2)]
+        assert printed[0].startswith(f"MLflow UI for sqlite:///{Path.cwd()}/mlflow.db")
+        assert printed[1].strip() == f"shown: {address}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as reply:
+            assert reply.status == 200  # it prints only once the server answers
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(60) == 0
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+    with pytest.raises(OSError):  # Ctrl-C stopped the server too
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+def test_hpo_ui_binds_to_loopback_unless_told_otherwise():
+    command = server_command("sqlite:///x.db", port=5001)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "5001"
+    assert command[command.index("--backend-store-uri") + 1] == "sqlite:///x.db"
+
+
+def test_hpo_ui_says_what_to_do_without_a_store_or_with_an_unknown_study():
+    ui = hpo_ui()
+    output, _ = ui.communicate(timeout=120)
+    assert ui.returncode != 0
+    assert "No MLflow store at" in output and "run `hpo run` in this folder first" in output
+    prepare_mlflow()
+    mlflow.MlflowClient().search_experiments()  # creates ./mlflow.db
+    ui = hpo_ui("nosuch")
+    output, _ = ui.communicate(timeout=120)
+    assert "No experiment named 'nosuch'" in output
+    assert "MLflow UI for" not in output  # nothing was started
+
+
+def test_hpo_ui_with_a_tracking_server_only_prints_its_address(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    ui = hpo_ui()
+    output, _ = ui.communicate(timeout=120)
+    assert ui.returncode == 0
+    assert output.startswith("MLflow tracking server: http://127.0.0.1:")
+    assert "could not list its studies" in output  # nobody listens there

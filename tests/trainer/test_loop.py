@@ -162,3 +162,24 @@ def test_trainer_imports_neither_optuna_nor_mlflow():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_worker_forked_after_opencv_used_its_threads_does_not_hang():
+    # OpenCV's thread pool, once used and idle, deadlocks a forked child that resizes it.
+    script = (
+        "import numpy as np\n"
+        "from trainer.augment import train_transform\n"
+        "from trainer.loader import EpochBatches, TrainLoader\n"
+        "import cv2, time\n"
+        "cv2.warpAffine(np.zeros((256, 256, 3), np.uint8), np.eye(2, 3, dtype=np.float32),"
+        " (256, 256))\n"
+        "time.sleep(0.3)\n"
+        "images = np.zeros((64, 32, 32, 3), np.uint8)\n"
+        "batches = EpochBatches(images, np.zeros(64, np.int64), np.arange(64), batch_size=16,"
+        " transform=train_transform('light', 32), seed=0)\n"
+        "print(len(list(TrainLoader(batches, num_workers=1, pin_memory=False).epoch(0))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "4", done.stderr[-2000:]
