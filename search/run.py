@@ -7,6 +7,7 @@ import socket
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import optuna
@@ -20,9 +21,17 @@ from search.runner import RunLimits, optimize
 from search.settings import SETTINGS
 from search.spacefile import Space, load_space
 from search.splits import fold_splits
-from search.study import StudyError, StudyPlace, open_study, splits_id, stored_folds
+from search.study import (
+    StudyError,
+    StudyPlace,
+    check_study,
+    open_study,
+    splits_id,
+    stored_folds,
+)
+from trainer.cache import cached_images
 from trainer.errors import ConfigError
-from trainer.models import close_backbones
+from trainer.models import check_pretrained, close_backbones
 from trainer.sources import ImageTable, load_table
 
 
@@ -69,8 +78,11 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     """
     space = load_space(request.space, request.overrides)
     check_backbones(space)
+    check_weights(space)
     place = StudyPlace.of(request.study or space.name, request.storage)
     table = load_table(space.settings["data"])
+    check_study(place, space, table)  # before decoding: a mismatched study fails in seconds
+    check_images(space, table, progress=request.progress)
     process_seed = _process_seed(request, space.config({}).seed)
     heartbeat = request.heartbeat or space.settings["heartbeat"]
     study = open_study(place, space, table, process_seed=process_seed, heartbeat=heartbeat)
@@ -98,19 +110,42 @@ def _process_seed(request: RunRequest, seed: int) -> int:
     return zlib.crc32(who.encode())
 
 
+def _candidates(space: Space, name: str) -> tuple[Any, ...]:
+    """The values of config field ``name`` that the space can pick (both bounds of a range)."""
+    searched = space.searched.get(name)
+    return searched.values_to_check() if searched else (getattr(space.config({}), name),)
+
+
 def check_backbones(space: Space) -> None:
     """Every backbone the space can pick exists in timm (fail before any training)."""
     import timm
 
-    searched = space.searched.get("backbone")
-    names = searched.values_to_check() if searched else (space.config({}).backbone,)
-    for name in names:
+    for name in _candidates(space, "backbone"):
         if not timm.is_model(name):
             close = ", ".join(close_backbones(name)) or "none close"
             raise ConfigError(
                 f"Unknown backbone '{name}' in {space.path} (close names: {close}); use a name "
                 "from timm.list_models()."
             )
+
+
+def check_weights(space: Space) -> None:
+    """The pretrained weights the space can ask for can be had (fail before any training)."""
+    for backbone in _candidates(space, "backbone"):
+        for pretrained in _candidates(space, "pretrained"):
+            check_pretrained(backbone, pretrained)
+
+
+def check_images(space: Space, table: ImageTable, *, progress: bool) -> None:
+    """Every image decodes: found before the study is created, not in its first trial.
+
+    This builds the image cache at the smallest size the space can pick (trials reuse it) and
+    reports every unreadable file at once.
+
+    Raises:
+        DataError: Some images cannot be read.
+    """
+    cached_images(table, min(_candidates(space, "image_size")), progress=progress)
 
 
 def default_hooks() -> list[HookFactory]:

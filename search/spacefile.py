@@ -121,7 +121,10 @@ def _run(path: Path) -> dict[str, Any]:
     try:
         namespace = runpy.run_path(str(path), run_name="__hpo_space__")
     except SyntaxError as err:
-        raise SpaceError(f"{path}:{err.lineno}: syntax error: {err.msg}.") from None
+        raise SpaceError(
+            f"{path}:{err.lineno}: syntax error: {err.msg}; correct that line (a space file is "
+            "Python)."
+        ) from None
     except Exception as err:  # the file is user code: any error is the user's to fix
         line = _line_in(path, err)
         message = str(err).rstrip(".") if isinstance(err, SpaceError) else _describe(err)
@@ -193,19 +196,20 @@ def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Spac
             target = searched if isinstance(value, Searched) else fixed
             target[name] = _check_field(name, value, where[name])
         else:
-            raise SpaceError(f"{where[name]}: unknown name '{name}'{_did_you_mean(name)}.")
+            raise SpaceError(f"{where[name]}: unknown name '{name}'{_did_you_mean(name)}")
     for name in searched:
         _check_conditions(name, searched, fixed, where[name])
     return Space(path, settings, fixed, _ordered(searched, where))
 
 
 def _did_you_mean(name: str) -> str:
+    """The end of an "unknown name" sentence, its final punctuation included."""
     close = difflib.get_close_matches(name, known_names(), n=3, cutoff=0.6)
     # "lr_rate" -> "lr": a known name that the unknown one starts with is a likely meaning.
     close += [k for k in known_names() if len(k) > 1 and name.startswith(k) and k not in close]
     if close:
         return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
-    return "; see the settings listed in README.md"
+    return "; see the settings listed in README.md."
 
 
 def _check_setting(name: str, value: Any, where: str) -> Any:
@@ -275,7 +279,7 @@ def _check_conditions(
         if other == name or other not in _HINTS:
             raise SpaceError(
                 f"{where}: {name} has a condition on unknown parameter '{other}'"
-                f"{_did_you_mean(other)}."
+                f"{_did_you_mean(other)}"
             )
         for value in allowed:
             _check_condition_value(name, other, value, searched.get(other), where)

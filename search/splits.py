@@ -84,8 +84,9 @@ def _check_enough(
     counts = np.bincount(labels, minlength=len(classes))
     smallest = int(np.argmin(counts))
     if counts[smallest] < folds:
+        images = "image" if counts[smallest] == 1 else "images"
         raise DataError(
-            f"Class '{classes[smallest]}' has {counts[smallest]} images but {purpose} needs at "
+            f"Class '{classes[smallest]}' has {counts[smallest]} {images} but {purpose} needs at "
             f"least {folds} per class; add images to it, remove it, or use fewer folds."
         )
     if groups is not None and len(np.unique(groups)) < folds:

@@ -8,7 +8,9 @@ the fold id of every sample.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +67,7 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
         path = Path(url.removeprefix("sqlite:///"))
         if not create and not path.exists():
             raise StudyError(f"No study storage at '{path}'; check the study name or --storage.")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path.parent)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Several workers share one SQLite file: wait for locks instead of failing.
@@ -80,12 +82,42 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
         }
     try:
-        return _connect(url, kwargs, beat)
+        return _connect(_with_driver(url), kwargs, beat)
+    except ImportError as err:  # Optuna's wording hides which module is missing
+        raise StudyError(
+            f"The database driver for the study storage '{_redact(url)}' is not installed "
+            f"({_first_line(err.__cause__ or err)}); install it (pip install psycopg2-binary "
+            "for PostgreSQL) or pass another --storage URL."
+        ) from None
     except Exception as err:  # SQLAlchemy raises many kinds for bad URLs and dead servers
         raise StudyError(
             f"Cannot open the study storage '{_redact(url)}' ({_first_line(err)}); check the "
             "URL (e.g. postgresql://user@host:5432/db) and that the database server is running."
         ) from None
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "a file has that name" if isinstance(err, FileExistsError) else err.strerror
+        raise StudyError(
+            f"Cannot create the folder {folder} for the SQLite study storage "
+            f"({reason or err}); pass a --storage URL in a writable folder."
+        ) from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; hpo's extra installs psycopg2.
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme != "postgresql" or importlib.util.find_spec("psycopg") is not None:
+        return url
+    if importlib.util.find_spec("psycopg2") is None:
+        return url  # connecting reports the missing driver
+    return f"postgresql+psycopg2{sep}{rest}"
 
 
 def _connect(url: str, engine_kwargs: dict[str, Any], beat: dict[str, Any]) -> RDBStorage:
@@ -114,9 +146,11 @@ def _redact(url: str) -> str:
     return scheme + sep + rest
 
 
-def _first_line(err: Exception) -> str:
+def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__).rstrip(".")
+    # SQLAlchemy prefixes the driver's exception class: "(psycopg2.OperationalError) ...".
+    first = re.sub(r"^\([\w.]+\) ", "", text[0]) if text else type(err).__name__
+    return first.rstrip(".")
 
 
 def open_study(
@@ -158,6 +192,27 @@ def open_study(
     return study
 
 
+def check_study(place: StudyPlace, space: Space, table: ImageTable) -> None:
+    """Before any work: the storage opens, and the study can be created or resumed as asked.
+
+    Nothing is written to the study: a stored study must match ``space`` and ``table``, and
+    for a new one the data must split into the space's folds.
+
+    Raises:
+        StudyError: The storage cannot be opened, or the stored study has another space or data.
+        DataError: A class (or the groups) is too small for the folds of a new study.
+    """
+    storage = open_storage(place.storage_url)
+    try:
+        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
+    except KeyError:
+        stored = {}
+    if "hpo.fingerprint" in stored:
+        _check_same(stored, place, space, table)
+    else:
+        new_folds(space, table)
+
+
 def _claim_or_check(
     study: optuna.Study, place: StudyPlace, space: Space, table: ImageTable
 ) -> None:
@@ -165,6 +220,10 @@ def _claim_or_check(
     if "hpo.fingerprint" not in stored:
         _claim(study, space, table)
         return
+    _check_same(stored, place, space, table)
+
+
+def _check_same(stored: dict[str, Any], place: StudyPlace, space: Space, table: ImageTable) -> None:
     if stored["hpo.fingerprint"] != space.fingerprint():
         changed = _changed_keys(stored.get("hpo.identity", {}), space.identity())
         raise StudyError(
@@ -178,16 +237,24 @@ def _claim_or_check(
         )
 
 
-def _claim(study: optuna.Study, space: Space, table: ImageTable) -> None:
-    settings = space.settings
-    fold_of = assign_folds(
+def new_folds(space: Space, table: ImageTable) -> np.ndarray:
+    """The fold id of every sample for a new study of ``space`` on ``table``.
+
+    Raises:
+        DataError: A class (or the groups) is too small for the folds.
+    """
+    return assign_folds(
         table.labels,
         table.groups,
         table.classes,
-        folds=settings["folds"],
-        holdout=settings["holdout"],
+        folds=space.settings["folds"],
+        holdout=space.settings["holdout"],
         seed=space.config({}).seed,
     )
+
+
+def _claim(study: optuna.Study, space: Space, table: ImageTable) -> None:
+    fold_of = new_folds(space, table)
     attrs = {
         "hpo.identity": space.identity(),
         "hpo.space_source": space.path.read_text(),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 from timm.layers import freeze_batch_norm_2d
 
@@ -23,6 +25,8 @@ WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 
 # Keys a checkpoint may lack without changing the model (BatchNorm's step counter).
 _OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
+# The hub files timm tries when a pretrained config names no file of its own.
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
@@ -98,9 +102,51 @@ def _check_backbone(name: str) -> None:
     """Raise a `UserError` with suggestions when timm does not know ``name``."""
     if ":" in name or timm.is_model(name):  # "hf-hub:..." and "local-dir:..." resolve later
         return
-    close = close_backbones(name)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise UserError(f"Unknown backbone {name!r}; {hint}See timm.list_models().")
+    close = ", ".join(close_backbones(name)) or "none close"
+    raise UserError(
+        f"Unknown backbone {name!r} (close names: {close}); use a name from timm.list_models()."
+    )
+
+
+def check_pretrained(backbone: str, pretrained: bool | str) -> None:
+    """Fail now, not in a trial, when the pretrained weights asked for cannot be had.
+
+    A weights file must exist and have a supported extension. Hub weights must already be in
+    the local Hugging Face cache when the hub is offline (``HF_HUB_OFFLINE``); online, they are
+    downloaded when the model is built.
+
+    Raises:
+        UserError: The file is missing or unusable, or the hub is offline and the weights of
+            ``backbone`` are not cached.
+    """
+    if isinstance(pretrained, str):
+        _weights_path(pretrained)
+        return
+    if pretrained and hub_constants.HF_HUB_OFFLINE and not _hub_weights_cached(backbone):
+        raise UserError(
+            f"pretrained=True needs timm's hub weights for backbone {backbone!r}, but "
+            "HF_HUB_OFFLINE is set and they are not in the local cache; download the weights "
+            "file on a connected machine and pass its path as "
+            "pretrained='/path/file.safetensors', or use pretrained=False."
+        )
+
+
+def _hub_weights_cached(backbone: str) -> bool:
+    """Whether timm would find ``backbone``'s hub weights in the local cache (True if unsure)."""
+    if ":" in backbone:  # "hf-hub:..." and "local-dir:..." are resolved by timm itself
+        return True
+    try:
+        cfg = timm.models.get_pretrained_cfg(backbone)
+    except RuntimeError:  # an unknown pretrained tag: building the model reports it
+        return True
+    if cfg is None or not cfg.hf_hub_id:
+        return True  # no hub weights: building the model reports it
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_FILES
+    return any(
+        isinstance(try_to_load_from_cache(repo, name, revision=revision or None), str)
+        for name in names
+    )
 
 
 def _weights_path(pretrained: bool | str) -> Path | None:
