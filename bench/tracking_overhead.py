@@ -1,6 +1,6 @@
 """What MLflow tracking costs a study: the same seeded study with tracking off and on.
 
-    .venv/bin/python bench/tracking_overhead.py [--trials 4] [--repeats 1]
+    .venv/bin/python bench/tracking_overhead.py [--trials 6] [--repeats 1]
 
 Each variant runs in a fresh process and a fresh temporary folder (own study storage, image
 cache and MLflow store), so neither inherits warm imports or caches from the other. The tracked
@@ -27,9 +27,9 @@ SPACE = """\
 from search.space import choice, loguniform
 
 data = "builtin:digits"
-image_size = 32
+image_size = 64
 folds = 3
-epochs = 3
+epochs = 5
 backbone = "test_vit"
 augment = "light"
 hflip = False
@@ -110,7 +110,7 @@ def measure(variant: str, trials: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=4, help="trials per study (default 4)")
+    parser.add_argument("--trials", type=int, default=6, help="trials per study (default 6)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per variant; best is kept")
     parser.add_argument("--child", choices=("none", "mlflow"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,7 +124,7 @@ def main() -> None:
     best = {v: min(r, key=lambda r: r["seconds"]) for v, r in results.items()}
     off, on = best["none"]["seconds"], best["mlflow"]["seconds"]
     store = best["mlflow"]["store_seconds"]
-    print(f"study: digits, test_vit 32 px, {args.trials} trials x 3 folds x 3 epochs, CPU")
+    print(f"study: digits, test_vit 64 px, {args.trials} trials x 3 folds x 5 epochs, CPU")
     print(f"tracking=none    {off:8.1f} s")
     print(f"tracking=mlflow  {on:8.1f} s   (+ {store:.1f} s once to create ./mlflow.db)")
     print(f"ratio            {on / off:8.3f}   (goal <= 1.05)")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
 
 from search.pruning import build_pruner
 from search.samplers import build_sampler
@@ -79,7 +80,7 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
         beat = {
             "heartbeat_interval": heartbeat,
             "grace_period": max(2 * heartbeat, heartbeat + 2),
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
+            "heartbeat_stale_trial_callback": retry_stale_trial,
         }
     try:
         return _connect(_with_driver(url), kwargs, beat)
@@ -94,6 +95,22 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
             f"Cannot open the study storage '{_redact(url)}' ({_first_line(err)}); check the "
             "URL (e.g. postgresql://user@host:5432/db) and that the database server is running."
         ) from None
+
+
+def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose process died: Optuna queues its parameters again; its MLflow run is closed.
+
+    Called by `optuna.storages.fail_stale_trials` in whichever process notices first.
+    """
+    _RETRY(study, trial)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        from search.tracking import close_stale_run
+
+        close_stale_run(run_id)
+
+
+_RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2)
 
 
 def _make_folder(folder: Path) -> None:

@@ -155,3 +155,17 @@ def _finished_count() -> int:
 def test_status_of_unknown_study_is_a_clear_error(capsys):
     assert main(["status", "nothing"]) == 2
     assert "No study storage" in capsys.readouterr().err
+
+
+def test_cli_data_reports_classes_sizes_groups_and_unreadable_files(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    for label, count in (("cat", 3), ("dog", 2)):
+        (folder / label).mkdir(parents=True)
+        for i in range(count):
+            _png(folder / label / f"{i}.png", 40 * i)
+    (folder / "dog" / "broken.jpg").write_bytes(b"not an image")
+    assert main(["data", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "6 images in 2 classes" in out
+    assert "cat" in out and "dog" in out and "16" in out  # the 16x16 image size
+    assert "dog/broken.jpg" in out
