@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 # Before albumentations is imported anywhere: it would ask PyPI for updates on every start.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from search import export, predict  # light modules: parsers only
+from search import export, predict, ui  # light modules: parsers only
 from trainer.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -24,6 +24,9 @@ Handler = Callable[[argparse.Namespace], int]
 def _quiet_libraries() -> None:
     import optuna
 
+    from search.tracking import prepare_mlflow
+
+    prepare_mlflow()  # before anything imports mlflow: its retry and logging defaults
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*least populated class.*")
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(handler=cmd_data)
     export.add_parser(verbs)
     predict.add_parser(verbs)
+    ui.add_parser(verbs)
     return parser
 
 

@@ -151,8 +151,10 @@ def check_images(space: Space, table: ImageTable, *, progress: bool) -> None:
 def default_hooks() -> list[HookFactory]:
     """The observers every run has: MLflow tracking (unless off) and fold checkpoints."""
     from search.checkpoints import checkpoint_hook
+    from search.tracking import tracking_hook
 
-    return [checkpoint_hook]
+    # Tracking first: an epoch is logged even if a later hook raises on it.
+    return [tracking_hook, checkpoint_hook]
 
 
 def run(
