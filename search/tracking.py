@@ -10,13 +10,16 @@ metric names, files, figures) is in `search.tracking_artifacts`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from optuna.trial import FrozenTrial, TrialState
@@ -53,6 +56,26 @@ _BATCH = 100  # MLflow's limit of params per log_batch call
 _SYMPTOMS = ("Connection refused", "Read timed out", "timed out", "Max retries exceeded")
 
 T = TypeVar("T")
+
+
+@contextmanager
+def local_store_lock(uri: str) -> Iterator[None]:
+    """Hold a file lock beside a local SQLite tracking store (no-op for other stores).
+
+    MLflow creates and migrates a new SQLite store on first use; several processes doing that
+    at once corrupt the migration ("table _alembic_tmp_... already exists").
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def prepare_mlflow() -> None:
@@ -126,7 +149,6 @@ class MlflowTracker(Hooks):
 
         self.uri = tracking_uri or mlflow.get_tracking_uri()
         self.guard = Guard(self.uri)
-        self.client: MlflowClient = self.guard(mlflow.MlflowClient, self.uri)  # None if bad URI
         self.run, self.name = run, run.place.name
         # The first refresh too waits refresh_seconds: a short study pays for its plots once.
         self.refresh_seconds, self.refreshed = refresh_seconds, time.monotonic()
@@ -140,7 +162,9 @@ class MlflowTracker(Hooks):
         self.created: set[str] = set()  # study runs this process created (and may drop)
         self.mine: list[str] = []  # trial runs this process created
         self.trial: _Trial | None = None
-        self.study_run_id = self.guard(self._open_study_run)
+        with local_store_lock(self.uri):  # workers creating one SQLite store race its migrations
+            self.client: MlflowClient = self.guard(mlflow.MlflowClient, self.uri)
+            self.study_run_id = self.guard(self._open_study_run)
         if self.study_run_id and run.study.user_attrs.get(STUDY_RUN_ATTR) != self.study_run_id:
             run.study.set_user_attr(STUDY_RUN_ATTR, self.study_run_id)
 

@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
+from search.study import open_storage
 
 TINY = ["folds=2", "epochs=1", "backbone=test_vit", "augment=none", "heartbeat=1"]
 SPACE = """\
@@ -68,6 +69,11 @@ def finish(worker: subprocess.Popen, timeout: float = 900) -> str:
     return err.decode()
 
 
+def load(name: str, url: str) -> optuna.Study:
+    """The study, through hpo's storage opener (it picks the installed PostgreSQL driver)."""
+    return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+
+
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
 
@@ -94,7 +100,7 @@ def test_three_workers_on_postgres_finish_exactly_the_target_under_one_mlflow_ru
     workers = [start(space, *args, "--no-export", env=env) for _ in range(3)]
     logs = [finish(w) for w in workers]
     assert not any("database is locked" in log or "Traceback" in log for log in logs)
-    study = optuna.load_study(study_name="shared", storage=database)
+    study = load("shared", database)
     done = finished(study)
     assert len(done) == 5
     assert len({t.number for t in study.trials}) == len(study.trials)
@@ -114,7 +120,7 @@ def test_heartbeat_failover_on_postgres_retries_a_killed_workers_trial(space, da
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            study = optuna.load_study(study_name="failover", storage=database)
+            study = load("failover", database)
             running = [
                 t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.intermediate_values
             ]
@@ -128,7 +134,7 @@ def test_heartbeat_failover_on_postgres_retries_a_killed_workers_trial(space, da
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     finish(start(space, *args))
-    study = optuna.load_study(study_name="failover", storage=database)
+    study = load("failover", database)
     assert len(finished(study)) == 3
     assert study.trials[killed.number].state == TrialState.FAIL
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
