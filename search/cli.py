@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from search import export, predict, ui  # light modules: parsers only
+from search.args import positive_float, positive_int
 from trainer.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -64,20 +65,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import optuna
-
     from search.report import make_console, summary_line, trials_table
-    from search.study import StudyError, StudyPlace, open_storage
+    from search.study import StudyPlace, load_hpo_study
 
     place = StudyPlace.of(args.study, args.storage)
-    storage = open_storage(place.storage_url, create=False)
-    try:
-        study = optuna.load_study(study_name=place.name, storage=storage)
-    except KeyError:
-        raise StudyError(
-            f"No study named '{place.name}' in {place.storage_url}; `hpo status` lists studies "
-            "by the name `hpo run` printed (the space file's stem by default)."
-        ) from None
+    study = load_hpo_study(place)
     console = make_console(stderr=False)
     console.print(f"{place.name}: {summary_line(study)}")
     console.print(trials_table(study, top=args.top))
@@ -113,20 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {value}")
-    return value
-
-
 def _gpu_list(text: str) -> list[str]:
     gpus = [part.strip() for part in text.split(",") if part.strip()]
     if not gpus or not all(g.isdigit() for g in gpus):
@@ -138,14 +116,14 @@ def _add_run(verbs: argparse._SubParsersAction) -> None:
     run = verbs.add_parser("run", help="run (or resume) a study from a space file")
     run.add_argument("space", help="the space file, e.g. spaces/baseline.py")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="override a setting")
-    run.add_argument("--trials", type=_positive_int, help="target of finished trials")
-    run.add_argument("--timeout", type=_positive_float, help="stop starting trials after S sec")
+    run.add_argument("--trials", type=positive_int, help="target of finished trials")
+    run.add_argument("--timeout", type=positive_float, help="stop starting trials after S sec")
     run.add_argument("--study", help="study name (default: the space file's stem)")
     run.add_argument("--storage", help="Optuna storage URL (default: studies/NAME/study.db)")
     run.add_argument("--data", help="data to use instead of the space file's `data`")
     run.add_argument("--seed", type=int, help="seed for splits, sampler and training")
     run.add_argument(
-        "--workers", type=_positive_int, default=1, help="worker processes on this machine"
+        "--workers", type=positive_int, default=1, help="worker processes on this machine"
     )
     run.add_argument("--gpus", type=_gpu_list, help="GPUs for the workers, e.g. 0,1,2,3")
     run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)

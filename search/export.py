@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from search.args import positive_int
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
@@ -106,20 +107,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-    return value
-
-
 def add_parser(verbs: argparse._SubParsersAction) -> None:
     """Add the ``export`` verb to the `hpo` command."""
     parser = verbs.add_parser("export", help="export a study's best ensemble and its scores")
     parser.add_argument("study", help="study name (the space file's stem by default)")
     parser.add_argument("--storage", help="Optuna storage URL (default: studies/STUDY/study.db)")
     parser.add_argument(
-        "--top-k", type=_positive_int, help="ensemble the fold models of the K best trials"
+        "--top-k", type=positive_int, help="ensemble the fold models of the K best trials"
     )
     parser.add_argument("--tta", metavar="MODE", help=f"test-time augmentation: {TTA_HELP}")
     parser.add_argument("--data", help="the study's data, if it moved (used for the holdout)")

@@ -34,7 +34,7 @@ from search.export_report import (
 from search.settings import SETTINGS
 from search.spacefile import load_space
 from search.splits import holdout_indices
-from search.study import StudyError, StudyPlace, open_storage, stored_folds
+from search.study import StudyError, StudyPlace, load_hpo_study, stored_folds
 from trainer.augment import tta_views
 from trainer.config import TrainConfig
 from trainer.ensemble import Ensemble, Manifest, MemberSpec, file_sha256
@@ -100,27 +100,6 @@ def export(
     result = build_export(source, top_k=top_k, tta=tta)
     show(result.scores, console, folder=result.folder)
     return log_to_mlflow(result, source.study, console) if mlflow else result
-
-
-def load_hpo_study(place: StudyPlace) -> optuna.Study:
-    """Load a study that `hpo run` created.
-
-    Raises:
-        StudyError: No such study, or one whose setup `hpo run` did not finish.
-    """
-    storage = open_storage(place.storage_url, create=False)
-    try:
-        study = optuna.load_study(study_name=place.name, storage=storage)
-    except KeyError:
-        raise StudyError(
-            f"No study named '{place.name}' in {place.storage_url}; pass the name `hpo run` "
-            "printed, and --storage if the study is not in the default place."
-        ) from None
-    if "hpo.fingerprint" not in study.user_attrs:
-        raise StudyError(
-            f"Study '{place.name}' was not set up by `hpo run`; run `hpo run` on it first."
-        )
-    return study
 
 
 def stored_settings(study: optuna.Study) -> dict[str, Any]:

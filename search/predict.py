@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from search.args import positive_int
 from trainer.errors import DataError, UserError
 
 if TYPE_CHECKING:
@@ -193,13 +194,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-    return value
-
-
 def add_parser(verbs: argparse._SubParsersAction) -> None:
     """Add the ``predict`` verb to the `hpo` command."""
     parser = verbs.add_parser("predict", help="label images with an exported ensemble")
@@ -214,6 +208,6 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
         help="test-time augmentation: none, hflip, flip4 or d4; alone: the export's (or hflip)",
     )
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     parser.add_argument("--progress", action="store_true", help="progress bar even in a log")
     parser.set_defaults(handler=cmd_predict)

@@ -305,6 +305,27 @@ def _jsonish(value: Any) -> Any:
     return json.loads(json.dumps(value, default=list)) if value is not None else None
 
 
+def load_hpo_study(place: StudyPlace) -> optuna.Study:
+    """Load a study that `hpo run` created.
+
+    Raises:
+        StudyError: No such study, or one whose setup `hpo run` did not finish.
+    """
+    storage = open_storage(place.storage_url, create=False)
+    try:
+        study = optuna.load_study(study_name=place.name, storage=storage)
+    except KeyError:
+        raise StudyError(
+            f"No study named '{place.name}' in {place.storage_url}; pass the name `hpo run` "
+            "printed, and --storage if the study is not in the default place."
+        ) from None
+    if "hpo.fingerprint" not in study.user_attrs:
+        raise StudyError(
+            f"Study '{place.name}' was not set up by `hpo run`; run `hpo run` on it first."
+        )
+    return study
+
+
 def stored_folds(study: optuna.Study) -> np.ndarray:
     """The fold id of every sample, as stored when the study was created."""
     return np.asarray(study.user_attrs["hpo.fold_of"], dtype=np.int64)
