@@ -13,7 +13,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import queue
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -96,13 +98,15 @@ class Guard:
 
     def __init__(self, uri: str) -> None:
         self.uri, self.alive = uri, True
+        # One thread at a time: the warnings filters that catch_warnings swaps are process-wide.
+        self.lock = threading.RLock()
 
     def __call__(self, call: Callable[..., T], *args: Any) -> T | None:
         """``call(*args)``; None once tracking is off, or if the call raises (turning it off)."""
         if not self.alive:
             return None
         try:
-            with warnings.catch_warnings():
+            with self.lock, warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # MLflow's deprecation and store notices
                 return call(*args)
         except Exception as err:  # whatever went wrong, tracking must never end a trial
@@ -117,6 +121,37 @@ def stopped_message(uri: str, err: Exception) -> str:
     reason = next((s.lower() for s in _SYMPTOMS if s in text), text)
     reason = reason if len(reason) <= 160 else reason[:157] + "..."
     return f"MLflow tracking at {uri} stopped answering ({reason}); the study goes on without it."
+
+
+class Writer:
+    """Runs tracking work in order on one background thread, so training never waits on it.
+
+    Everything after a trial's run is created (params, per-epoch batches, fold runs, files and
+    figures) is queued here; `drain` waits for the queue, e.g. before the process ends.
+    """
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard, self.queue = guard, queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._work, daemon=True, name="hpo-mlflow")
+        self.thread.start()
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> None:
+        """Run ``call(*args)`` after everything submitted before it."""
+        self.queue.put((call, args))
+
+    def drain(self) -> None:
+        """Wait until everything submitted so far has run."""
+        done = threading.Event()
+        self.queue.put((None, (done,)))
+        done.wait()
+
+    def _work(self) -> None:
+        while True:
+            call, args = self.queue.get()
+            if call is None:  # a drain marker: set it even when tracking is off
+                args[0].set()
+            else:
+                self.guard(call, *args)  # an error turns tracking off; the thread goes on
 
 
 @dataclass
@@ -149,6 +184,7 @@ class MlflowTracker(Hooks):
 
         self.uri = tracking_uri or mlflow.get_tracking_uri()
         self.guard = Guard(self.uri)
+        self.writer = Writer(self.guard)
         self.run, self.name = run, run.place.name
         # The first refresh too waits refresh_seconds: a short study pays for its plots once.
         self.refresh_seconds, self.refreshed = refresh_seconds, time.monotonic()
@@ -274,39 +310,49 @@ class MlflowTracker(Hooks):
     # Trials, folds and epochs ----------------------------------------------------------------
 
     def trial_started(self, trial: optuna.Trial, config: TrainConfig) -> None:
-        """Open the trial's run: the resolved config as params and as ``config.yaml``."""
+        """Open the trial's run now (its id goes to Optuna); log its config in the background."""
         if not self.active:
             return
-        if self.trial is not None:  # a trial that never ended (should not happen): close it
-            self.guard(self._close_runs, self.trial, "KILLED")
-            self.trial = None
         self.guard(self._follow_study_run, trial.study)
         run_id = self.guard(self._start_trial, trial, config)
         if run_id is not None:
-            self.trial = _Trial(trial.number, run_id)
-            self.mine.append(run_id)
             trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
+            searched = sorted(trial.params)
+            self.writer.submit(self._open_trial, trial.number, run_id, searched, config)
+
+    def _open_trial(
+        self, number: int, run_id: str, searched: list[str], config: TrainConfig
+    ) -> None:
+        if self.trial is not None:  # a trial that never ended (should not happen): close it
+            self._close_runs(self.trial, "KILLED")
+        self.trial = _Trial(number, run_id)
+        self.mine.append(run_id)
+        self._log_config(run_id, searched, config)
 
     def _start_trial(self, trial: optuna.Trial, config: TrainConfig) -> str:
-        from mlflow.entities import Param, RunTag
-
         tags = {
             **self.tags,
             **content.trial_run_tags(self.run, trial, config),
             PARENT: self.study_run_id,
         }
         name = f"trial-{trial.number}"
-        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+
+    def _log_config(self, run_id: str, searched: list[str], config: TrainConfig) -> None:
+        from mlflow.entities import Param, RunTag
+
         params = [Param(k, content.param_value(v)) for k, v in config.to_dict().items()]
-        searched = [RunTag("hpo.searched", ",".join(sorted(trial.params)))]
+        tags = [RunTag("hpo.searched", ",".join(searched))]
         for chunk in _chunks(params):
-            self.client.log_batch(run_id, params=chunk, tags=searched)
+            self.client.log_batch(run_id, params=chunk, tags=tags)
         self.client.log_text(run_id, content.config_yaml(config), "config.yaml")
-        return run_id
 
     def epoch_ended(self, trial: optuna.Trial, row: EpochMetrics) -> None:
         """Log one epoch of one fold in one batch (opening the fold's run at its first epoch)."""
-        current = self._current(trial.number)
+        self.writer.submit(self._epoch_ended, trial.number, row)
+
+    def _epoch_ended(self, number: int, row: EpochMetrics) -> None:
+        current = self._current(number)
         if current is None:
             return
         if current.fold != row.fold:
@@ -328,7 +374,10 @@ class MlflowTracker(Hooks):
 
     def fold_ended(self, trial: optuna.Trial, result: FoldResult) -> None:
         """Close the fold's run with its best epoch; keep its out-of-fold predictions."""
-        current = self._current(trial.number)
+        self.writer.submit(self._fold_ended, trial.number, result)
+
+    def _fold_ended(self, number: int, result: FoldResult) -> None:
+        current = self._current(number)
         if current is None:
             return
         part = content.FoldPredictions(result.fold, result.val_indices, result.val_probs)
@@ -354,6 +403,9 @@ class MlflowTracker(Hooks):
 
     def trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Close the trial's run with its outcome, then refresh the study run (throttled)."""
+        self.writer.submit(self._trial_ended, study, trial)
+
+    def _trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
         current = self._current(trial.number)
         if self.trial is not None and self.trial.number == trial.number:
             self.trial = None
@@ -426,6 +478,7 @@ class MlflowTracker(Hooks):
 
     def study_ended(self, study: optuna.Study, outcome: str) -> None:
         """Close what an interruption left open, refresh the study run and set its status."""
+        self.writer.drain()
         current, self.trial = self.trial, None
         if current is not None and self.active:  # Ctrl-C or a user error: no trial_ended
             stored = [t for t in study.get_trials(deepcopy=False) if t.number == current.number]

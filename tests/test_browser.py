@@ -138,13 +138,28 @@ def _add_column(driver, wait, name: str) -> None:
     search.send_keys(Keys.CONTROL, "a")  # clear() does not reach React's state
     search.send_keys(Keys.BACKSPACE)
     search.send_keys(name)
-    # The match is listed inside its collapsed group (Metrics, Tags): open the groups first.
+    # The match is listed inside its group (Metrics, Tags), which may be collapsed: open
+    # whatever group is closed until the match's checkbox shows, then tick it.
     node = f"//div[contains(@class, 'tree-treenode')][normalize-space()='{name}']"
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[class*='tree-switcher_close']"))
-    for switch in driver.find_elements(By.CSS_SELECTOR, "[class*='tree-switcher_close']"):
-        switch.click()
     box = f"{node}//span[contains(concat(' ', @class, ' '), ' du-bois-light-tree-checkbox ')]"
-    _click_when_shown(wait, box)
+    wait.until(lambda d: _tick_opening_groups(d, box))
+
+
+def _tick_opening_groups(driver, xpath: str) -> bool:
+    """Click the displayed match of ``xpath``; if none shows yet, open every closed group."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    try:
+        shown = [e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed()]
+        if shown:
+            shown[0].click()
+            return True
+        for switch in driver.find_elements(By.CSS_SELECTOR, "[class*='tree-switcher_close']"):
+            switch.click()
+    except WebDriverException:  # stale or covered while React re-renders: try again
+        pass
+    return False
 
 
 def _click_when_shown(wait, xpath: str) -> None:
