@@ -60,7 +60,7 @@ def run_study(folder: Path, *, trials: int, workers: int, epochs: int, folds: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=24)
     args = parser.parse_args()
     trials, epochs, folds = (4, 1, 2) if args.quick else (args.trials, 3, 3)
     results = {}
