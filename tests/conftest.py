@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 # Must be set before huggingface_hub or albumentations are imported (see library-facts.md).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,6 +15,11 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# A shell that starts the tests in the background (`bash .ci/run &`) ignores SIGINT, and child
+# processes would inherit that: the Ctrl-C tests could then not interrupt them. A Python handler
+# here is reset to the default at exec, so every child hpo process gets Ctrl-C as a user does.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
