@@ -25,13 +25,13 @@ from search.study import (
     StudyError,
     StudyPlace,
     check_study,
+    open_storage,
     open_study,
     splits_id,
     stored_folds,
 )
 from trainer.cache import cached_images
-from trainer.errors import ConfigError
-from trainer.models import check_pretrained, close_backbones
+from trainer.models import check_backbone, check_pretrained
 from trainer.sources import ImageTable, load_table
 
 
@@ -81,11 +81,12 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     check_weights(space)
     place = StudyPlace.of(request.study or space.name, request.storage)
     table = load_table(space.settings["data"])
-    check_study(place, space, table)  # before decoding: a mismatched study fails in seconds
+    heartbeat = request.heartbeat or space.settings["heartbeat"]
+    storage = open_storage(place.storage_url, heartbeat=heartbeat)
+    check_study(storage, place, space, table)  # before decoding: a mismatch fails in seconds
     check_images(space, table, progress=request.progress)
     process_seed = _process_seed(request, space.config({}).seed)
-    heartbeat = request.heartbeat or space.settings["heartbeat"]
-    study = open_study(place, space, table, process_seed=process_seed, heartbeat=heartbeat)
+    study = open_study(storage, place, space, table, process_seed=process_seed)
     # `hpo export` reads the latest run-control settings (top_k, tta, tracking) from here.
     run_control = {k: v for k, v in space.settings.items() if SETTINGS[k].run_control}
     study.set_user_attr("hpo.run_control", run_control)
@@ -118,15 +119,8 @@ def _candidates(space: Space, name: str) -> tuple[Any, ...]:
 
 def check_backbones(space: Space) -> None:
     """Every backbone the space can pick exists in timm (fail before any training)."""
-    import timm
-
     for name in _candidates(space, "backbone"):
-        if not timm.is_model(name):
-            close = ", ".join(close_backbones(name)) or "none close"
-            raise ConfigError(
-                f"Unknown backbone '{name}' in {space.path} (close names: {close}); use a name "
-                "from timm.list_models()."
-            )
+        check_backbone(name, str(space.path))
 
 
 def check_weights(space: Space) -> None:

@@ -171,19 +171,18 @@ def _first_line(err: BaseException) -> str:
 
 
 def open_study(
+    storage: RDBStorage,
     place: StudyPlace,
     space: Space,
     table: ImageTable,
     *,
     process_seed: int,
-    heartbeat: int | None,
 ) -> optuna.Study:
-    """Create the study, or load it and check that it is the same study.
+    """Create the study in ``storage``, or load it and check that it is the same study.
 
     Raises:
         StudyError: If the stored study was created with another space or other data.
     """
-    storage = open_storage(place.storage_url, heartbeat=heartbeat)
     settings = space.settings
     pruner = build_pruner(
         settings["pruner"],
@@ -209,17 +208,16 @@ def open_study(
     return study
 
 
-def check_study(place: StudyPlace, space: Space, table: ImageTable) -> None:
-    """Before any work: the storage opens, and the study can be created or resumed as asked.
+def check_study(storage: RDBStorage, place: StudyPlace, space: Space, table: ImageTable) -> None:
+    """Before any work: the study can be created or resumed in ``storage`` as asked.
 
     Nothing is written to the study: a stored study must match ``space`` and ``table``, and
     for a new one the data must split into the space's folds.
 
     Raises:
-        StudyError: The storage cannot be opened, or the stored study has another space or data.
+        StudyError: The stored study has another space or data.
         DataError: A class (or the groups) is too small for the folds of a new study.
     """
-    storage = open_storage(place.storage_url)
     try:
         stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
     except KeyError:

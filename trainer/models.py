@@ -18,7 +18,7 @@ from safetensors import safe_open
 from timm.layers import freeze_batch_norm_2d
 
 from trainer.config import TrainConfig
-from trainer.errors import UserError
+from trainer.errors import ConfigError, UserError
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 """File extensions accepted for ``pretrained=<path>`` (safetensors, or a torch state dict)."""
@@ -47,7 +47,7 @@ def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
         UserError: Unknown backbone, unavailable or unusable pretrained weights, or a drop
             rate the backbone does not support.
     """
-    _check_backbone(config.backbone)
+    check_backbone(config.backbone)
     weights = _weights_path(config.pretrained)
     model = _create(config, num_classes, weights)
     if weights is not None:
@@ -98,13 +98,19 @@ def _three(values: tuple[float, ...] | list[float]) -> tuple[float, float, float
     return floats[0], floats[1], floats[2]
 
 
-def _check_backbone(name: str) -> None:
-    """Raise a `UserError` with suggestions when timm does not know ``name``."""
-    if ":" in name or timm.is_model(name):  # "hf-hub:..." and "local-dir:..." resolve later
+def check_backbone(name: str, where: str = "") -> None:
+    """Raise a `ConfigError` with close names when timm does not know ``name``.
+
+    ``where`` (e.g. the space file) is named in the message. ``hf-hub:`` and ``local-dir:``
+    names pass: timm resolves them when the model is built.
+    """
+    if ":" in name or timm.is_model(name):
         return
     close = ", ".join(close_backbones(name)) or "none close"
-    raise UserError(
-        f"Unknown backbone {name!r} (close names: {close}); use a name from timm.list_models()."
+    place = f" in {where}" if where else ""
+    raise ConfigError(
+        f"Unknown backbone {name!r}{place} (close names: {close}); use a name from "
+        "timm.list_models()."
     )
 
 

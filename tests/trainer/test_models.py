@@ -15,7 +15,13 @@ from safetensors.torch import save_file
 
 from trainer.config import TrainConfig
 from trainer.errors import UserError
-from trainer.models import build_model, close_backbones, normalization, trainable_parameters
+from trainer.models import (
+    build_model,
+    check_backbone,
+    close_backbones,
+    normalization,
+    trainable_parameters,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,6 +122,15 @@ def test_unknown_backbone_suggests_close_names():
     assert "Unknown backbone 'resnet81'" in message
     assert "resnet18" in message
     assert "timm.list_models()" in message
+
+
+def test_hub_and_local_dir_backbones_are_left_to_timm():
+    # `hpo run` checks every backbone a space can pick before training: names timm resolves
+    # only when it builds the model must pass that check.
+    check_backbone("hf-hub:timm/resnet18.a1_in1k", "space.py")
+    check_backbone("local-dir:/models/mine", "space.py")
+    with pytest.raises(UserError, match=r"Unknown backbone 'resnet81' in space\.py"):
+        check_backbone("resnet81", "space.py")
 
 
 def test_close_backbones():
