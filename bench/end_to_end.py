@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _metric(space: Path, overrides: list[str]) -> str:
-    from search.spacefile import load_space
+    from search.space.spacefile import load_space
 
     return load_space(space, overrides).config({}).metric
 

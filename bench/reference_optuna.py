@@ -43,7 +43,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from bench import common
-from search.spacefile import Space, load_space
+from search.space.spacefile import Space, load_space
 from trainer.config import TrainConfig
 
 # TrainConfig fields this loop honours; any other field that differs from its default is listed

@@ -2,7 +2,7 @@
 
 A hook overrides only the moments it cares about. Hooks observe; they never decide whether a
 trial goes on (that is the pruner's job), so an error in a hook must not end a trial: each
-hook is responsible for its own robustness (see `search.tracking`).
+hook is responsible for its own robustness (see `search.tracking.tracker`).
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from search.run import RunRequest, run
-from search.tracking import tracking_hook
-from search.ui import free_port, runs_address, start_server, stop_server
-from tests.search.test_tracking import Saboteur, quiet, write_space
+from search.engine.run import RunRequest, run
+from search.tracking.tracker import tracking_hook
+from search.tracking.ui import free_port, runs_address, start_server, stop_server
+from tests.search.tracking.test_tracking import Saboteur, quiet, write_space
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,9 @@ import optuna
 import pytest
 from PIL import Image
 
-from search import objective as objective_module
-from search.cli import main
-from search.run import RunRequest, prepare, run
+from search.cli.main import main
+from search.engine import objective as objective_module
+from search.engine.run import RunRequest, prepare, run
 from trainer.errors import DataError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"

@@ -1,0 +1,146 @@
+"""One trial: sample parameters, train every fold, report and prune, return the mean score."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+
+from search.hooks import Hooks
+from search.space.spacefile import Space
+from search.study.pruning import epoch_step, explain_epoch_prune, explain_fold_prune, fold_step
+from trainer.cache import CachedImages, cached_images
+from trainer.config import TrainConfig
+from trainer.device import release_memory
+from trainer.loop import Diverged, EpochMetrics, FoldResult, Split, fit
+from trainer.sources import ImageTable
+
+
+@dataclass
+class StudyData:
+    """The study's images, decoded once per image size and shared by every trial."""
+
+    table: ImageTable
+    splits: Sequence[Split]
+    splits_id: str = ""
+    cache_dir: Path | None = None
+    progress: bool = True
+    _by_size: dict[int, CachedImages] = field(default_factory=dict)
+
+    def images(self, size: int) -> CachedImages:
+        """The cached images at ``size`` (built on first use, then reused)."""
+        if size not in self._by_size:
+            self._by_size[size] = cached_images(
+                self.table, size, directory=self.cache_dir, progress=self.progress
+            )
+        return self._by_size[size]
+
+
+class _EpochPruning:
+    """A `fit` callback: reports each epoch's score and stops the fold when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, fold: int, hooks: Hooks) -> None:
+        self.trial, self.fold, self.hooks = trial, fold, hooks
+        self.reason: str | None = None
+        self.best: float | None = None
+
+    def __call__(self, row: EpochMetrics) -> str | None:
+        self.hooks.epoch_ended(self.trial, row)
+        if not math.isfinite(row.score):
+            return None
+        self.trial.report(row.score, epoch_step(self.fold, row.epoch))
+        if self.trial.should_prune():
+            self.reason = explain_epoch_prune(self.trial.study, self.fold, row.epoch, row.score)
+            return "pruned"
+        return None
+
+
+class Objective:
+    """Trains a trial's config on every fold of the study's fixed splits.
+
+    Args:
+        space: The validated space that parameters are sampled from.
+        data: The study's cached images and splits.
+        hooks: Observers told about every trial, fold and epoch.
+    """
+
+    def __init__(self, space: Space, data: StudyData, hooks: Hooks) -> None:
+        self.space, self.data, self.hooks = space, data, hooks
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Run the trial; raises `optuna.TrialPruned` with the reason when it is pruned."""
+        config = self.space.config(self.space.sample(trial))
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("splits_id", self.data.splits_id)
+        self.hooks.trial_started(trial, config)
+        return self.cross_validate(trial, config)
+
+    def cross_validate(self, trial: optuna.Trial, config: TrainConfig) -> float:
+        """Train every fold in order; the trial's value is the mean of the fold scores."""
+        images = self.data.images(config.image_size)
+        scores: list[float] = []
+        started, epochs = time.perf_counter(), 0
+        for split in self.data.splits:
+            pruning = _EpochPruning(trial, split.fold, self.hooks)
+            try:
+                result, config = _fit_within_memory(trial, config, images, split, pruning)
+            except Diverged as err:
+                _record(trial, scores, epochs, started)
+                _prune(trial, f"fold {split.fold}: {err}", split.fold)
+            self.hooks.fold_ended(trial, result)
+            epochs += result.epochs_run
+            if pruning.reason:
+                _record(trial, scores, epochs, started)
+                _prune(trial, pruning.reason, split.fold, result.history[-1].epoch)
+            scores.append(result.score)
+            trial.report(result.score, fold_step(split.fold))
+            _record(trial, scores, epochs, started)
+            if len(scores) < len(self.data.splits) and trial.should_prune():
+                _prune(trial, explain_fold_prune(trial.study, scores), split.fold)
+        return statistics.fmean(scores)
+
+
+def _fit_within_memory(
+    trial: optuna.Trial,
+    config: TrainConfig,
+    images: CachedImages,
+    split: Split,
+    pruning: _EpochPruning,
+) -> tuple[FoldResult, TrainConfig]:
+    """`fit`, retried with half the batch and twice the accumulation after out-of-memory.
+
+    The effective batch (batch_size x grad_accum) stays the same, so the trial still tests the
+    hyperparameters it sampled; the smaller batch is kept for the trial's remaining folds.
+    """
+    while True:
+        try:
+            return fit(config, images, split, [pruning]), config
+        except torch.OutOfMemoryError:
+            release_memory()
+            if config.batch_size < 2:
+                raise
+            config = config.replace(
+                batch_size=config.batch_size // 2, grad_accum=config.grad_accum * 2
+            )
+            retry = {"fold": split.fold, "batch_size": config.batch_size}
+            trial.set_user_attr("out_of_memory_retry", {**retry, "grad_accum": config.grad_accum})
+            trial.set_user_attr("config", config.to_dict())
+
+
+def _record(trial: optuna.Trial, scores: list[float], epochs: int, started: float) -> None:
+    trial.set_user_attr("fold_scores", list(scores))
+    trial.set_user_attr("score_std", statistics.pstdev(scores) if len(scores) > 1 else 0.0)
+    trial.set_user_attr("epochs", epochs)
+    trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+
+
+def _prune(trial: optuna.Trial, reason: str, fold: int, epoch: int | None = None) -> None:
+    trial.set_user_attr("pruned_reason", reason)
+    trial.set_user_attr("pruned_at", {"fold": fold, "epoch": None if epoch is None else epoch + 1})
+    raise optuna.TrialPruned(reason)

@@ -1,0 +1,212 @@
+"""`hpo run`: from a space file to a finished study and its export."""
+
+from __future__ import annotations
+
+import os
+import socket
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from rich.console import Console
+
+from search.engine.objective import Objective, StudyData
+from search.engine.progress import Progress
+from search.engine.runner import RunLimits, optimize
+from search.hooks import HookList, Hooks
+from search.space.settings import SETTINGS
+from search.space.spacefile import Space, load_space
+from search.study.report import make_console, trials_table
+from search.study.splits import fold_splits
+from search.study.storage import (
+    StudyError,
+    StudyPlace,
+    check_study,
+    open_storage,
+    open_study,
+    splits_id,
+    stored_folds,
+)
+from trainer.cache import cached_images
+from trainer.models import check_backbone, check_pretrained
+from trainer.sources import ImageTable, load_table
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked `hpo run` for (command-line flags beat the space file)."""
+
+    space: str
+    overrides: Sequence[str] = ()
+    trials: int | None = None
+    timeout: float | None = None
+    study: str | None = None
+    storage: str | None = None
+    worker: int = 0
+    workers: int = 1
+    heartbeat: int | None = None
+    progress: bool = True
+    export: bool = True
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """Everything a running study is made of; hooks and the export are built from it."""
+
+    request: RunRequest
+    space: Space
+    place: StudyPlace
+    table: ImageTable
+    study: optuna.Study
+    data: StudyData
+    target: int
+    console: Console = field(default_factory=make_console)
+
+
+# Builds one observer of a run (MLflow tracking, checkpoints); see `default_hooks`.
+HookFactory = Callable[[StudyRun], Hooks]
+
+
+def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
+    """Load and check everything a run needs, creating or resuming the study.
+
+    Raises:
+        UserError: For a bad space file, data, storage or a study that does not match.
+    """
+    space = load_space(request.space, request.overrides)
+    check_backbones(space)
+    check_weights(space)
+    place = StudyPlace.of(request.study or space.name, request.storage)
+    table = load_table(space.settings["data"])
+    heartbeat = request.heartbeat or space.settings["heartbeat"]
+    storage = open_storage(place.storage_url, heartbeat=heartbeat)
+    check_study(storage, place, space, table)  # before decoding: a mismatch fails in seconds
+    check_images(space, table, progress=request.progress)
+    process_seed = _process_seed(request, space.config({}).seed)
+    study = open_study(storage, place, space, table, process_seed=process_seed)
+    # `hpo export` reads the latest run-control settings (top_k, tta, tracking) from here.
+    run_control = {k: v for k, v in space.settings.items() if SETTINGS[k].run_control}
+    study.set_user_attr("hpo.run_control", run_control)
+    fold_of = stored_folds(study)
+    if len(fold_of) != len(table):
+        raise StudyError(f"Study '{place.name}' stores splits for another dataset size.")
+    splits = fold_splits(np.asarray(fold_of), space.settings["folds"])
+    data = StudyData(table, splits, splits_id(fold_of), progress=request.progress)
+    target = request.trials or space.settings["trials"]
+    return StudyRun(request, space, place, table, study, data, target, console or make_console())
+
+
+def _process_seed(request: RunRequest, seed: int) -> int:
+    """The model-based sampler's seed: the study's for a lone process, else one per process.
+
+    TPE seeded alike in several processes would propose alike; a worker, or a process on
+    shared storage, mixes in who it is (start-up trials are seeded per trial number anyway).
+    """
+    if request.worker == 0 and request.storage is None:
+        return seed
+    who = f"{seed}:{request.worker}:{socket.gethostname()}:{os.getpid()}"
+    return zlib.crc32(who.encode())
+
+
+def _candidates(space: Space, name: str) -> tuple[Any, ...]:
+    """The values of config field ``name`` that the space can pick (both bounds of a range)."""
+    searched = space.searched.get(name)
+    return searched.values_to_check() if searched else (getattr(space.config({}), name),)
+
+
+def check_backbones(space: Space) -> None:
+    """Every backbone the space can pick exists in timm (fail before any training)."""
+    for name in _candidates(space, "backbone"):
+        check_backbone(name, str(space.path))
+
+
+def check_weights(space: Space) -> None:
+    """The pretrained weights the space can ask for can be had (fail before any training)."""
+    for backbone in _candidates(space, "backbone"):
+        for pretrained in _candidates(space, "pretrained"):
+            check_pretrained(backbone, pretrained)
+
+
+def check_images(space: Space, table: ImageTable, *, progress: bool) -> None:
+    """Every image decodes: found before the study is created, not in its first trial.
+
+    This builds the image cache at the smallest size the space can pick (trials reuse it) and
+    reports every unreadable file at once.
+
+    Raises:
+        DataError: Some images cannot be read.
+    """
+    cached_images(table, min(_candidates(space, "image_size")), progress=progress)
+
+
+def default_hooks() -> list[HookFactory]:
+    """The observers every run has: MLflow tracking (unless off) and fold checkpoints."""
+    from search.export.checkpoints import checkpoint_hook
+    from search.tracking.tracker import tracking_hook
+
+    # Tracking first: an epoch is logged even if a later hook raises on it.
+    return [tracking_hook, checkpoint_hook]
+
+
+def run(
+    request: RunRequest,
+    *,
+    console: Console | None = None,
+    hooks: Sequence[HookFactory] | None = None,
+) -> str:
+    """Run the study to its target of finished trials; returns "done" or "timeout"."""
+    current = prepare(request, console)
+    settings = current.space.settings
+    limits = RunLimits(
+        target=current.target,
+        timeout=request.timeout or settings["timeout"],
+        max_failures=settings["max_failures"],
+        poll_seconds=min(5.0, settings["heartbeat"] / 2),
+    )
+    progress = Progress(
+        current.study, target=current.target, folds=settings["folds"], console=current.console
+    )
+    observers = observers_for(current, default_hooks() if hooks is None else hooks, progress)
+    objective = Objective(current.space, current.data, observers)
+    outcome = "failed"
+    try:
+        with progress:
+            outcome = optimize(current.study, objective, observers, limits)
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        observers.study_ended(current.study, outcome)
+    finish(current, outcome)
+    return outcome
+
+
+def observers_for(current: StudyRun, factories: Sequence[HookFactory], *first: Hooks) -> HookList:
+    """The hooks of a run: ``first`` (e.g. the progress view), then one per factory."""
+    return HookList([*first, *(make(current) for make in factories)])
+
+
+def finish(current: StudyRun, outcome: str) -> None:
+    """Print the top trials and paths, then export (unless this process is a worker)."""
+    _report(current)
+    if current.request.export and current.request.worker == 0 and outcome != "failed":
+        _export(current)
+
+
+def _export(current: StudyRun) -> None:
+    from search.export.study_export import NothingToExport, export_study
+
+    try:
+        export_study(current)
+    except NothingToExport as err:
+        current.console.print(f"No export: {err}")
+
+
+def _report(current: StudyRun) -> None:
+    console = current.console
+    console.print(trials_table(current.study, title=f"Top trials of study '{current.place.name}'"))
+    console.print(f"Study storage: {current.place.storage_url}")
+    console.print(f"Study folder:  {current.place.folder}")

@@ -1,0 +1,213 @@
+"""`hpo predict EXPORT INPUT`: label new images with an exported ensemble.
+
+INPUT is a folder (images found at any depth) or a CSV with a ``path`` column (relative paths
+are read from the CSV's folder). The output CSV has the path, the predicted label and one
+``prob_<class>`` column per class; a file that cannot be read gets an empty label and empty
+probabilities, and is named on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from search.cli.args import positive_int
+from trainer.errors import DataError, UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# `--tta` without a mode: the export's own mode, or hflip when the export has none.
+_EXPORT_TTA = "export"
+
+
+class PredictInputError(UserError):
+    """An INPUT that `hpo predict` cannot read images from."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The images to label: what to write in the ``path`` column, and the files."""
+
+    shown: list[str]
+    files: list[Path]
+
+
+def find_inputs(source: str | Path) -> Inputs:
+    """The images of a folder (recursively, hidden files skipped) or of a CSV's path column.
+
+    Raises:
+        PredictInputError: The input does not exist, holds no images, or the CSV has no path
+            column.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _folder_inputs(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _csv_inputs(path)
+    if path.exists():
+        raise PredictInputError(
+            f"Input {source} is neither a folder nor a .csv; give a folder of images or a CSV "
+            "with a path column."
+        )
+    raise PredictInputError(
+        f"Input {source} does not exist; give a folder of images or a CSV with a path column."
+    )
+
+
+def _folder_inputs(folder: Path) -> Inputs:
+    from trainer.sources import is_image_name
+
+    found = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file()
+        and is_image_name(p.name)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not found:
+        from trainer.sources import IMAGE_EXTENSIONS
+
+        raise PredictInputError(
+            f"Input folder {folder} holds no images; point at a folder with image files "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}), in subfolders or not."
+        )
+    return Inputs(found, [folder / name for name in found])
+
+
+def _csv_inputs(csv: Path) -> Inputs:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise PredictInputError(
+            f"CSV {csv} cannot be parsed ({type(err).__name__}); save it as comma-separated "
+            "text with a header row that has a path column."
+        ) from None
+    columns = {str(c).strip().lower(): c for c in frame.columns}
+    if "path" not in columns:
+        found = ", ".join(map(str, frame.columns)) or "none"
+        raise PredictInputError(
+            f"CSV {csv} has no path column (found: {found}); add a header row with a column "
+            "named path listing the image files."
+        )
+    shown = [p.strip() for p in frame[columns["path"]] if p.strip()]
+    if not shown:
+        raise PredictInputError(f"CSV {csv} lists no paths; add one row per image file.")
+    return Inputs(shown, [_resolve(csv.parent, p) for p in shown])
+
+
+def _resolve(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def predict_to_csv(
+    export: str | Path,
+    source: str | Path,
+    *,
+    out: str | Path = "predictions.csv",
+    tta: str | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Label every image of ``source`` with the export and write ``out``.
+
+    Args:
+        export: The export folder.
+        source: A folder of images or a CSV with a path column.
+        out: The CSV to write.
+        tta: A TTA mode, ``"export"`` for the export's own (hflip if it has none), or None
+            for the export's default.
+        device: ``cuda``, ``mps`` or ``cpu``; None picks the best available.
+        batch_size: Images decoded and predicted at a time.
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        The written table, and ``{path: reason}`` for files that could not be read.
+
+    Raises:
+        UserError: For a missing or unusable export, or an unusable input.
+    """
+    import pandas as pd
+
+    from search.export.mlflow_model import probability_frame
+    from trainer.augment import tta_views
+    from trainer.ensemble import Ensemble
+
+    inputs = find_inputs(source)
+    ensemble = Ensemble.load(export, device=device)
+    mode = _tta_mode(tta, ensemble.tta)
+    tta_views(mode)  # a wrong mode fails before any image is decoded
+    probs, failed = ensemble.predict_files(
+        inputs.files, tta=mode, batch_size=batch_size, progress=progress
+    )
+    table = pd.concat(
+        [pd.DataFrame({"path": inputs.shown}), probability_frame(probs, ensemble.classes)], axis=1
+    )
+    _write(table, Path(out))
+    return table, {inputs.shown[row]: why for row, why in failed.items()}
+
+
+def _tta_mode(requested: str | None, exported: str) -> str:
+    if requested is None:
+        return exported
+    if requested == _EXPORT_TTA:
+        return exported if exported != "none" else "hflip"
+    return requested
+
+
+def _write(table: pd.DataFrame, out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+    except OSError as err:
+        raise DataError(
+            f"Cannot write {out} ({err.strerror or err}); pass a writable file with --out."
+        ) from None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """`hpo predict EXPORT INPUT`: write predictions.csv (or ``--out``)."""
+    table, failed = predict_to_csv(
+        args.export,
+        args.input,
+        out=args.out,
+        tta=args.tta,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty() or args.progress,
+    )
+    if failed:
+        first = ", ".join(f"{path} ({why})" for path, why in list(failed.items())[:3])
+        print(
+            f"hpo: {len(failed)} of {len(table)} files could not be read and have no label "
+            f"(first: {first}).",
+            file=sys.stderr,
+        )
+    print(f"Wrote {len(table) - len(failed)} predictions to {args.out}")
+    return 0
+
+
+def add_parser(verbs: argparse._SubParsersAction) -> None:
+    """Add the ``predict`` verb to the `hpo` command."""
+    parser = verbs.add_parser("predict", help="label images with an exported ensemble")
+    parser.add_argument("export", help="the export folder, e.g. studies/STUDY/export")
+    parser.add_argument("input", help="a folder of images (searched recursively) or a CSV")
+    parser.add_argument("--out", default="predictions.csv", help="output CSV (predictions.csv)")
+    parser.add_argument(
+        "--tta",
+        nargs="?",
+        const=_EXPORT_TTA,
+        metavar="MODE",
+        help="test-time augmentation: none, hflip, flip4 or d4; alone: the export's (or hflip)",
+    )
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
+    parser.add_argument("--progress", action="store_true", help="progress bar even in a log")
+    parser.set_defaults(handler=cmd_predict)

@@ -1,0 +1,121 @@
+"""`hpo export`: the best trial's fold models (or the top K trials') as one scored ensemble.
+
+The export folder ``studies/<name>/export/`` holds everything needed to predict, and nothing
+that needs the study storage or MLflow to load:
+
+    best_space.py          the best configuration as a space file `hpo run` accepts as it is
+    manifest.json          classes, members (backbone, image size, normalisation, config), TTA
+    members/*.safetensors  one file per fold model
+    report.md              out-of-fold and holdout scores
+
+Scores are honest: out-of-fold from the stored predictions of each fold model on the samples it
+never trained on (averaged over trials for a top-K ensemble; all trials share the folds), and on
+the holdout split, which no trial ever saw, when the study has one.
+
+This module is what the `hpo` command imports to build its parser, so it stays light; the work
+happens in `search.export.build` (and the texts in `search.export.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from search.cli.args import positive_int
+from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from search.engine.run import StudyRun
+    from search.export.build import ExportResult
+
+# Listed here so that building the `hpo` parser imports nothing heavy (trainer.augment has them).
+TTA_HELP = "none, hflip, flip4 or d4"
+
+
+class NothingToExport(UserError):
+    """The study has no complete trial (or none with checkpoints) to build an ensemble from."""
+
+
+def export_study(
+    run: StudyRun, *, top_k: int | None = None, tta: str | None = None
+) -> ExportResult:
+    """Export the ensemble of a study that just ran (called at the end of `hpo run`).
+
+    Args:
+        run: The study run; its settings give the defaults of ``top_k`` and ``tta``.
+        top_k: Ensemble the fold models of this many best trials (default: setting ``top_k``).
+        tta: Test-time augmentation written into the export (default: setting ``tta``).
+
+    Raises:
+        NothingToExport: If no trial is complete.
+    """
+    from search.export.build import export, run_source
+
+    log = run.space.settings["tracking"] == "mlflow"
+    return export(run_source(run), top_k=top_k, tta=tta, console=run.console, mlflow=log)
+
+
+def export_from_storage(
+    name: str,
+    *,
+    storage: str | None = None,
+    top_k: int | None = None,
+    tta: str | None = None,
+    data: str | None = None,
+    mlflow: bool | None = None,
+    console: Console | None = None,
+) -> ExportResult:
+    """Export a study found by name in its storage (`hpo export STUDY`).
+
+    Args:
+        name: The study name.
+        storage: Its Optuna storage URL (default: ``studies/<name>/study.db``).
+        top_k: Ensemble this many best trials (default: the study's ``top_k`` setting).
+        tta: TTA written into the export (default: the study's ``tta`` setting).
+        data: Where the study's data is now, if it moved (read only for a holdout).
+        mlflow: Log and register the model in MLflow (default: the study's ``tracking``).
+        console: Where the scores are printed.
+
+    Raises:
+        StudyError: The study does not exist, or the data is not the study's.
+        NothingToExport: No trial is complete.
+    """
+    from search.export.build import export, storage_source
+    from search.study.report import make_console
+
+    source = storage_source(name, storage=storage, data=data)
+    log = source.settings["tracking"] == "mlflow" if mlflow is None else mlflow
+    console = console or make_console(stderr=False)
+    return export(source, top_k=top_k, tta=tta, console=console, mlflow=log)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`hpo export STUDY`: write studies/STUDY/export and print its scores."""
+    export_from_storage(
+        args.study,
+        storage=args.storage,
+        top_k=args.top_k,
+        tta=args.tta,
+        data=args.data,
+        mlflow=False if args.no_mlflow else None,
+    )
+    return 0
+
+
+def add_parser(verbs: argparse._SubParsersAction) -> None:
+    """Add the ``export`` verb to the `hpo` command."""
+    parser = verbs.add_parser("export", help="export a study's best ensemble and its scores")
+    parser.add_argument("study", help="study name (the space file's stem by default)")
+    parser.add_argument("--storage", help="Optuna storage URL (default: studies/STUDY/study.db)")
+    parser.add_argument(
+        "--top-k", type=positive_int, help="ensemble the fold models of the K best trials"
+    )
+    parser.add_argument("--tta", metavar="MODE", help=f"test-time augmentation: {TTA_HELP}")
+    parser.add_argument("--data", help="the study's data, if it moved (used for the holdout)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log it to MLflow")
+    parser.set_defaults(handler=cmd_export)

@@ -1,0 +1,320 @@
+"""Read, validate and use a space file.
+
+A space file is plain Python run with `runpy`; its public module-level names are the settings.
+Every problem is reported as ``file:line: sentence`` so the user can go straight to it.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import json
+import runpy
+import traceback
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from optuna.distributions import CategoricalDistribution, IntDistribution, distribution_to_json
+
+from search.space import Searched, SpaceError
+from search.space.settings import SETTINGS
+from trainer.config import TrainConfig, field_names
+from trainer.errors import ConfigError
+
+# TrainConfig fields that depend on the machine, not on the experiment.
+HARDWARE_FIELDS = ("device", "amp", "channels_last", "num_workers", "threads")
+_HINTS = get_type_hints(TrainConfig)
+_DEFAULTS = TrainConfig().to_dict()
+
+
+@dataclass(frozen=True)
+class Space:
+    """A validated space: study settings, fixed config values and searched parameters.
+
+    Attributes:
+        path: The space file.
+        settings: Every study setting (see `search.space.settings`), defaults filled in.
+        fixed: `TrainConfig` fields given a literal value.
+        searched: Searched parameters in an order where conditions come first.
+    """
+
+    path: Path
+    settings: Mapping[str, Any]
+    fixed: Mapping[str, Any]
+    searched: Mapping[str, Searched]
+
+    @property
+    def name(self) -> str:
+        """The default study name: the file's stem."""
+        return self.path.stem
+
+    @property
+    def conditional(self) -> bool:
+        """Whether some parameter exists only under a condition."""
+        return any(s.when for s in self.searched.values())
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Ask ``trial`` for every parameter whose conditions hold; returns only those."""
+        resolved = {**_DEFAULTS, **self.fixed}
+        params = {}
+        for name, searched in self.searched.items():
+            if searched.active(resolved):
+                params[name] = resolved[name] = searched.suggest(trial, name)
+        return params
+
+    def config(self, params: Mapping[str, Any]) -> TrainConfig:
+        """The `TrainConfig` of a trial: defaults, then fixed values, then ``params``."""
+        return TrainConfig(**{**self.fixed, **params})
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same study (JSON-safe); hardware and run control excluded."""
+        return {
+            "settings": {k: v for k, v in self.settings.items() if _identity_setting(k)},
+            "fixed": {k: v for k, v in self.fixed.items() if k not in HARDWARE_FIELDS},
+            "searched": {
+                name: {"distribution": distribution_to_json(s.distribution), "when": s.when}
+                for name, s in self.searched.items()
+            },
+        }
+
+    def fingerprint(self) -> str:
+        """A short hash of `identity`."""
+        text = json.dumps(self.identity(), sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _identity_setting(name: str) -> bool:
+    # The data location may differ between machines; its contents are compared separately.
+    return name != "data" and not SETTINGS[name].run_control
+
+
+def known_names() -> tuple[str, ...]:
+    """Every name a space file may assign."""
+    return (*SETTINGS, *field_names())
+
+
+def load_space(path: str | Path, overrides: Sequence[str] = ()) -> Space:
+    """Read a space file, apply ``key=value`` overrides and validate everything.
+
+    Raises:
+        SpaceError: With ``file:line:`` and a sentence saying what to change.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(
+            f"Space file '{path}' does not exist; pass the path of a space file such as "
+            "spaces/baseline.py."
+        )
+    values = _run(path)
+    lines = _assignment_lines(path)
+    where = {name: f"{path}:{lines.get(name, 1)}" for name in values}
+    for name, value in parse_overrides(overrides).items():
+        values[name], where[name] = value, f"command line '{name}=...'"
+    return _validate(path, values, where)
+
+
+def _run(path: Path) -> dict[str, Any]:
+    try:
+        namespace = runpy.run_path(str(path), run_name="__hpo_space__")
+    except SyntaxError as err:
+        raise SpaceError(
+            f"{path}:{err.lineno}: syntax error: {err.msg}; correct that line (a space file is "
+            "Python)."
+        ) from None
+    except Exception as err:  # the file is user code: any error is the user's to fix
+        line = _line_in(path, err)
+        message = str(err).rstrip(".") if isinstance(err, SpaceError) else _describe(err)
+        raise SpaceError(f"{path}:{line}: {message}.") from None
+    return {
+        name: value
+        for name, value in namespace.items()
+        if not name.startswith("_") and not _is_machinery(value)
+    }
+
+
+def _describe(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}".rstrip(".")
+
+
+def _is_machinery(value: Any) -> bool:
+    # Imports and helper functions in a space file are not settings.
+    kinds = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+    return isinstance(value, kinds)
+
+
+def _line_in(path: Path, err: BaseException) -> int:
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
+    return frames[-1].lineno if frames else 1
+
+
+def _assignment_lines(path: Path) -> dict[str, int]:
+    lines = {}
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        for target in targets:
+            if isinstance(target, ast.Name):
+                lines[target.id] = node.lineno
+    return lines
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["lr=0.01", "backbone=resnet18"]`` -> ``{"lr": 0.01, "backbone": "resnet18"}``.
+
+    Values are Python literals where they parse as one (numbers, True, None, quoted strings),
+    ``true``/``false`` as booleans, and plain strings otherwise.
+    """
+    parsed = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise SpaceError(f"Override '{item}' is not key=value; write it like lr=0.01.")
+        parsed[name] = _literal(text)
+    return parsed
+
+
+def _literal(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Space:
+    settings = {name: s.default for name, s in SETTINGS.items()}
+    fixed: dict[str, Any] = {}
+    searched: dict[str, Searched] = {}
+    for name, value in values.items():
+        if name in SETTINGS:
+            settings[name] = _check_setting(name, value, where[name])
+        elif name in _HINTS:
+            target = searched if isinstance(value, Searched) else fixed
+            target[name] = _check_field(name, value, where[name])
+        else:
+            raise SpaceError(f"{where[name]}: unknown name '{name}'{_did_you_mean(name)}")
+    for name in searched:
+        _check_conditions(name, searched, fixed, where[name])
+    return Space(path, settings, fixed, _ordered(searched, where))
+
+
+def _did_you_mean(name: str) -> str:
+    """The end of an "unknown name" sentence, its final punctuation included."""
+    close = difflib.get_close_matches(name, known_names(), n=3, cutoff=0.6)
+    # "lr_rate" -> "lr": a known name that the unknown one starts with is a likely meaning.
+    close += [k for k in known_names() if len(k) > 1 and name.startswith(k) and k not in close]
+    if close:
+        return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    return "; see the settings listed in README.md."
+
+
+def _check_setting(name: str, value: Any, where: str) -> Any:
+    if isinstance(value, Searched):
+        raise SpaceError(
+            f"{where}: '{name}' cannot be searched: it is fixed for the whole study; "
+            "give it one value."
+        )
+    problem = SETTINGS[name].check(value)
+    if problem:
+        raise SpaceError(f"{where}: {name}={value!r} {problem}.")
+    return value
+
+
+def _check_field(name: str, value: Any, where: str) -> Any:
+    if isinstance(value, Searched) and _is_int(name) and not _int_distribution(value):
+        raise SpaceError(f"{where}: {name} takes integers; search it with intrange() or choice().")
+    candidates = value.values_to_check() if isinstance(value, Searched) else (value,)
+    for candidate in candidates:
+        if not _fits(candidate, _HINTS[name]):
+            raise SpaceError(f"{where}: {name}={candidate!r} {_expected(name)}.")
+        try:
+            TrainConfig(**{name: candidate})
+        except ConfigError as err:
+            raise SpaceError(f"{where}: {str(err).rstrip('.')}.") from None
+    return value
+
+
+def _is_int(name: str) -> bool:
+    return _HINTS[name] is int or _HINTS[name] == (int | None)
+
+
+def _int_distribution(value: Searched) -> bool:
+    if isinstance(value.distribution, CategoricalDistribution):
+        return True  # each choice is type-checked on its own
+    return isinstance(value.distribution, IntDistribution)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return any(value == arg and type(value) is type(arg) for arg in get_args(hint))
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _expected(name: str) -> str:
+    hint = _HINTS[name]
+    if get_origin(hint) is Literal:
+        return "is not allowed; use one of " + ", ".join(map(repr, get_args(hint)))
+    names = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
+    parts = [names.get(arg, "None") for arg in get_args(hint) or (hint,)]
+    return "has the wrong type; it must be " + " or ".join(parts)
+
+
+def _check_conditions(
+    name: str, searched: Mapping[str, Searched], fixed: Mapping[str, Any], where: str
+) -> None:
+    for other, allowed in searched[name].when.items():
+        if other == name or other not in _HINTS:
+            raise SpaceError(
+                f"{where}: {name} has a condition on unknown parameter '{other}'"
+                f"{_did_you_mean(other)}"
+            )
+        for value in allowed:
+            _check_condition_value(name, other, value, searched.get(other), where)
+
+
+def _check_condition_value(
+    name: str, other: str, value: Any, other_searched: Searched | None, where: str
+) -> None:
+    if other_searched is None:
+        possible = _fits(value, _HINTS[other])
+    elif isinstance(other_searched.distribution, CategoricalDistribution):
+        possible = value in other_searched.distribution.choices
+    else:
+        raise SpaceError(
+            f"{where}: {name} has a condition on '{other}', which is searched over a range; "
+            "conditions can only name a choice() parameter or a fixed value."
+        )
+    if not possible:
+        raise SpaceError(
+            f"{where}: {name} has a condition {other}={value!r}, a value '{other}' can never "
+            "take; use one of its values."
+        )
+
+
+def _ordered(searched: dict[str, Searched], where: dict[str, str]) -> dict[str, Searched]:
+    """Searched parameters ordered so that every condition is resolved before it is needed."""
+    ordered: dict[str, Searched] = {}
+    pending = dict(searched)
+    while pending:
+        ready = [
+            n for n, s in pending.items() if all(o in ordered or o not in pending for o in s.when)
+        ]
+        if not ready:
+            cycle = ", ".join(pending)
+            raise SpaceError(f"{where[next(iter(pending))]}: conditions form a cycle ({cycle}).")
+        for name in ready:
+            ordered[name] = pending.pop(name)
+    return ordered

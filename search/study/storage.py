@@ -1,0 +1,329 @@
+"""Open or create a study: storage, sampler, pruner, and the identity checked on resume.
+
+What a study stores besides Optuna's trials (as study user attributes, so that every worker on
+every machine reads the same): the space's identity, the data's content id, the class names and
+the fold id of every sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+
+from search.space.spacefile import Space
+from search.study.pruning import build_pruner
+from search.study.samplers import build_sampler
+from search.study.splits import assign_folds
+from trainer import metrics
+from trainer.errors import UserError
+from trainer.sources import ImageTable
+
+STUDIES = Path("studies")
+
+
+class StudyError(UserError):
+    """A study that cannot be opened or resumed as asked."""
+
+
+@dataclass(frozen=True)
+class StudyPlace:
+    """Where a study lives: its name, its folder on this machine and its storage URL."""
+
+    name: str
+    folder: Path
+    storage_url: str
+
+    @classmethod
+    def of(cls, name: str, storage_url: str | None = None) -> StudyPlace:
+        """The default place of study ``name``: studies/<name>/ with a SQLite file inside."""
+        if not name or "/" in name or name.startswith("."):
+            raise StudyError(f"Study name '{name}' is not usable; use letters, digits, - and _.")
+        folder = (STUDIES / name).resolve()
+        return cls(name, folder, storage_url or f"sqlite:///{folder / 'study.db'}")
+
+    @property
+    def export_dir(self) -> Path:
+        """Where the best ensemble is exported."""
+        return self.folder / "export"
+
+
+def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True) -> RDBStorage:
+    """An RDB storage with heartbeats: a trial whose process died is failed and retried.
+
+    Raises:
+        StudyError: If the URL is malformed or the database cannot be reached.
+    """
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not create and not path.exists():
+            raise StudyError(f"No study storage at '{path}'; check the study name or --storage.")
+        _make_folder(path.parent)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several workers share one SQLite file: wait for locks instead of failing.
+        kwargs = {"connect_args": {"timeout": 120}}
+    elif url.startswith("postgresql"):
+        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    beat = {}
+    if heartbeat:
+        beat = {
+            "heartbeat_interval": heartbeat,
+            "grace_period": max(2 * heartbeat, heartbeat + 2),
+            "heartbeat_stale_trial_callback": retry_stale_trial,
+        }
+    try:
+        return _connect(_with_driver(url), kwargs, beat)
+    except ImportError as err:  # Optuna's wording hides which module is missing
+        raise StudyError(
+            f"The database driver for the study storage '{_redact(url)}' is not installed "
+            f"({_first_line(err.__cause__ or err)}); install it (pip install psycopg2-binary "
+            "for PostgreSQL) or pass another --storage URL."
+        ) from None
+    except Exception as err:  # SQLAlchemy raises many kinds for bad URLs and dead servers
+        raise StudyError(
+            f"Cannot open the study storage '{_redact(url)}' ({_first_line(err)}); check the "
+            "URL (e.g. postgresql://user@host:5432/db) and that the database server is running."
+        ) from None
+
+
+def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose process died: Optuna queues its parameters again; its MLflow run is closed.
+
+    Called by `optuna.storages.fail_stale_trials` in whichever process notices first.
+    """
+    _RETRY(study, trial)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        from search.tracking.tracker import close_stale_run
+
+        close_stale_run(run_id)
+
+
+_RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2)
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "a file has that name" if isinstance(err, FileExistsError) else err.strerror
+        raise StudyError(
+            f"Cannot create the folder {folder} for the SQLite study storage "
+            f"({reason or err}); pass a --storage URL in a writable folder."
+        ) from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; hpo's extra installs psycopg2.
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme != "postgresql" or importlib.util.find_spec("psycopg") is not None:
+        return url
+    if importlib.util.find_spec("psycopg2") is None:
+        return url  # connecting reports the missing driver
+    return f"postgresql+psycopg2{sep}{rest}"
+
+
+def _connect(url: str, engine_kwargs: dict[str, Any], beat: dict[str, Any]) -> RDBStorage:
+    """`RDBStorage`, retried while another worker is creating the same tables."""
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        except Exception as err:
+            if not _creation_race(err):
+                raise
+            time.sleep(0.5 + attempt)
+    return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+
+
+def _creation_race(err: Exception) -> bool:
+    """Whether ``err`` is another process creating the same storage tables at the same time."""
+    text = str(err)
+    return any(s in text for s in ("UNIQUE constraint", "already exists", "database is locked"))
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest and ":" in rest.split("@", 1)[0]:
+        user = rest.split("@", 1)[0].split(":", 1)[0]
+        rest = f"{user}:***@{rest.split('@', 1)[1]}"
+    return scheme + sep + rest
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    # SQLAlchemy prefixes the driver's exception class: "(psycopg2.OperationalError) ...".
+    first = re.sub(r"^\([\w.]+\) ", "", text[0]) if text else type(err).__name__
+    return first.rstrip(".")
+
+
+def open_study(
+    storage: RDBStorage,
+    place: StudyPlace,
+    space: Space,
+    table: ImageTable,
+    *,
+    process_seed: int,
+) -> optuna.Study:
+    """Create the study in ``storage``, or load it and check that it is the same study.
+
+    Raises:
+        StudyError: If the stored study was created with another space or other data.
+    """
+    settings = space.settings
+    pruner = build_pruner(
+        settings["pruner"],
+        startup_trials=settings["pruner_startup_trials"],
+        warmup_epochs=settings["pruner_warmup_epochs"],
+        p_threshold=settings["pruner_p"],
+    )
+    direction = metrics.DIRECTIONS[space.config({}).metric]
+    study = optuna.create_study(
+        study_name=place.name,
+        storage=storage,
+        sampler=build_sampler(
+            settings["sampler"],
+            seed=space.config({}).seed,
+            process_seed=process_seed,
+            grouped=space.conditional,
+        ),
+        pruner=pruner,
+        direction=direction,
+        load_if_exists=True,
+    )
+    _claim_or_check(study, place, space, table)
+    return study
+
+
+def check_study(storage: RDBStorage, place: StudyPlace, space: Space, table: ImageTable) -> None:
+    """Before any work: the study can be created or resumed in ``storage`` as asked.
+
+    Nothing is written to the study: a stored study must match ``space`` and ``table``, and
+    for a new one the data must split into the space's folds.
+
+    Raises:
+        StudyError: The stored study has another space or data.
+        DataError: A class (or the groups) is too small for the folds of a new study.
+    """
+    try:
+        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
+    except KeyError:
+        stored = {}
+    if "hpo.fingerprint" in stored:
+        _check_same(stored, place, space, table)
+    else:
+        new_folds(space, table)
+
+
+def _claim_or_check(
+    study: optuna.Study, place: StudyPlace, space: Space, table: ImageTable
+) -> None:
+    stored = study.user_attrs
+    if "hpo.fingerprint" not in stored:
+        _claim(study, space, table)
+        return
+    _check_same(stored, place, space, table)
+
+
+def _check_same(stored: dict[str, Any], place: StudyPlace, space: Space, table: ImageTable) -> None:
+    if stored["hpo.fingerprint"] != space.fingerprint():
+        changed = _changed_keys(stored.get("hpo.identity", {}), space.identity())
+        raise StudyError(
+            f"Study '{place.name}' was created with a different search space ({changed} "
+            "changed); restore the space, or pass --study NEW_NAME to start a new study."
+        )
+    if stored["hpo.content_id"] != table.content_id:
+        raise StudyError(
+            f"Study '{place.name}' was created with other data than '{table.source}' (the files, "
+            "labels or groups differ); point at the same data, or pass --study NEW_NAME."
+        )
+
+
+def new_folds(space: Space, table: ImageTable) -> np.ndarray:
+    """The fold id of every sample for a new study of ``space`` on ``table``.
+
+    Raises:
+        DataError: A class (or the groups) is too small for the folds.
+    """
+    return assign_folds(
+        table.labels,
+        table.groups,
+        table.classes,
+        folds=space.settings["folds"],
+        holdout=space.settings["holdout"],
+        seed=space.config({}).seed,
+    )
+
+
+def _claim(study: optuna.Study, space: Space, table: ImageTable) -> None:
+    fold_of = new_folds(space, table)
+    attrs = {
+        "hpo.identity": space.identity(),
+        "hpo.space_source": space.path.read_text(),
+        "hpo.content_id": table.content_id,
+        "hpo.classes": list(table.classes),
+        "hpo.fold_of": fold_of.tolist(),
+        "hpo.splits_id": splits_id(fold_of),
+        "hpo.data": table.source,
+    }
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    # Written last: its presence means the study is fully set up.
+    study.set_user_attr("hpo.fingerprint", space.fingerprint())
+
+
+def splits_id(fold_of: np.ndarray) -> str:
+    """A short hash of the fold assignment (logged with every trial)."""
+    return hashlib.sha256(np.asarray(fold_of, dtype=np.int64).tobytes()).hexdigest()[:12]
+
+
+def _changed_keys(before: dict[str, Any], after: dict[str, Any]) -> str:
+    changed = []
+    for part in ("settings", "fixed", "searched"):
+        old, new = before.get(part, {}), after.get(part, {})
+        changed += [k for k in sorted(set(old) | set(new)) if old.get(k) != _jsonish(new.get(k))]
+    return ", ".join(dict.fromkeys(changed)) or "its layout"
+
+
+def _jsonish(value: Any) -> Any:
+    # Stored identities went through JSON: tuples became lists.
+    return json.loads(json.dumps(value, default=list)) if value is not None else None
+
+
+def load_hpo_study(place: StudyPlace) -> optuna.Study:
+    """Load a study that `hpo run` created.
+
+    Raises:
+        StudyError: No such study, or one whose setup `hpo run` did not finish.
+    """
+    storage = open_storage(place.storage_url, create=False)
+    try:
+        study = optuna.load_study(study_name=place.name, storage=storage)
+    except KeyError:
+        raise StudyError(
+            f"No study named '{place.name}' in {place.storage_url}; pass the name `hpo run` "
+            "printed, and --storage if the study is not in the default place."
+        ) from None
+    if "hpo.fingerprint" not in study.user_attrs:
+        raise StudyError(
+            f"Study '{place.name}' was not set up by `hpo run`; run `hpo run` on it first."
+        )
+    return study
+
+
+def stored_folds(study: optuna.Study) -> np.ndarray:
+    """The fold id of every sample, as stored when the study was created."""
+    return np.asarray(study.user_attrs["hpo.fold_of"], dtype=np.int64)

@@ -1,0 +1,228 @@
+"""Export: a real (tiny) study on digits, its checkpoints, ensemble scores and export folder."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from search.engine.run import RunRequest, prepare, run
+from search.export.build import stored_settings
+from search.export.checkpoints import checkpoint_hook, load_oof, top_trials, trial_dir
+from search.export.report import measure
+from search.export.study_export import (
+    NothingToExport,
+    add_parser,
+    export_from_storage,
+    export_study,
+)
+from search.space.spacefile import load_space
+from search.study.splits import holdout_indices
+from search.study.storage import StudyError, stored_folds
+from trainer.cache import cached_images
+from trainer.ensemble import Ensemble
+from trainer.sources import load_table
+
+SPACE = "from search.space import loguniform\n\nlr = loguniform(3e-3, 1e-2)\n"
+OVERRIDES = (
+    "folds=2",
+    "epochs=1",
+    "backbone=test_vit",
+    "image_size=32",
+    "holdout=0.2",
+    "tracking=none",
+    "top_k=2",
+)
+
+
+@dataclass(frozen=True)
+class DigitsStudy:
+    """A finished 3-trial study on digits (top_k=2) and a copy of its top-1 export."""
+
+    root: Path
+    request: RunRequest
+    top1: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "studies" / "digits"
+
+    def study(self) -> optuna.Study:
+        with contextlib.chdir(self.root):
+            return prepare(self.request).study
+
+
+_BUILT: list[DigitsStudy] = []
+
+
+def shared_digits_study(factory: pytest.TempPathFactory) -> DigitsStudy:
+    """Run the study once per test session (test_predict.py shares it)."""
+    if _BUILT:
+        return _BUILT[0]
+    root = factory.mktemp("digits")
+    with contextlib.chdir(root):
+        (root / "digits.py").write_text(SPACE)
+        request = RunRequest(space="digits.py", overrides=OVERRIDES, trials=3, progress=False)
+        assert run(request, hooks=[checkpoint_hook]) == "done"
+        result = export_study(prepare(request), top_k=1)
+        shutil.copytree(result.folder, root / "top1")
+    _BUILT.append(DigitsStudy(root, request, root / "top1"))
+    return _BUILT[0]
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> DigitsStudy:
+    return shared_digits_study(tmp_path_factory)
+
+
+def test_only_the_top_k_trials_keep_checkpoints(digits):
+    study = digits.study()
+    kept = sorted(int(p.name) for p in (digits.folder / "trials").iterdir())
+    assert len(study.trials) == 3
+    assert kept == sorted(t.number for t in top_trials(study, 2))
+
+
+def test_export_folder_has_manifest_weights_space_and_report(digits):
+    manifest = json.loads((digits.top1 / "manifest.json").read_text())
+    best = top_trials(digits.study(), 1)[0]
+
+    assert manifest["classes"] == [str(d) for d in range(10)]
+    assert manifest["backbone"] == "test_vit" and manifest["image_size"] == 32
+    assert manifest["mean"] == [0.5, 0.5, 0.5] and manifest["tta"] == "none"
+    assert [m["name"] for m in manifest["members"]] == [
+        f"trial{best.number}-fold{k}" for k in (0, 1)
+    ]
+    assert all((digits.top1 / m["weights"]).is_file() for m in manifest["members"])
+    assert all(m["config"] == best.user_attrs["config"] for m in manifest["members"])
+    report = (digits.top1 / "report.md").read_text()
+    assert "| soft voting |" in report and "| hard voting |" in report
+    assert "f1_macro +hflip" in report and "its best single member" in report
+
+
+def test_best_space_is_a_space_file_with_every_value_fixed(digits):
+    best = top_trials(digits.study(), 1)[0]
+    space = load_space(digits.top1 / "best_space.py")
+    assert not space.searched
+    assert space.config({}).to_dict() == best.user_attrs["config"]
+    assert space.settings["folds"] == 2 and space.settings["holdout"] == 0.2
+    assert space.settings["data"] == "builtin:digits" and space.settings["trials"] == 1
+
+
+def test_reloaded_in_a_fresh_process_the_export_reproduces_stored_probabilities(digits):
+    # Each member, given the cached images of its validation fold, must give back the
+    # out-of-fold probabilities saved during training.
+    code = f"""
+import sys
+import numpy as np
+import optuna
+from trainer.cache import cached_images
+from trainer.ensemble import Ensemble, Manifest
+from trainer.sources import load_table
+from search.export.checkpoints import load_oof, trial_dir
+
+ensemble = Ensemble.load({str(digits.top1)!r}, device="cpu")
+specs = Manifest.read({str(digits.top1)!r}).members
+images = cached_images(load_table("builtin:digits"), 32, progress=False).images
+worst = 0.0
+for i, spec in enumerate(specs):
+    indices, _, stored = load_oof(trial_dir({str(digits.folder)!r}, spec.trial), spec.fold)
+    probs = ensemble.member_probs(images[indices], tta="none")[i]
+    worst = max(worst, float(np.abs(probs - stored).max()))
+assert "mlflow" not in sys.modules, "loading an export must not need MLflow"
+print(worst)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=digits.root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-5
+
+
+def _stored_oof(digits: DigitsStudy, number: int) -> tuple[np.ndarray, np.ndarray]:
+    parts = [load_oof(trial_dir(digits.folder, number), fold) for fold in (0, 1)]
+    order = np.argsort(np.concatenate([p[0] for p in parts]))
+    labels = np.concatenate([p[1] for p in parts])[order]
+    return labels, np.concatenate([p[2] for p in parts])[order]
+
+
+def test_top_k_export_averages_out_of_fold_probabilities_over_trials(digits, monkeypatch):
+    monkeypatch.chdir(digits.root)
+    result = export_from_storage("digits", top_k=2, mlflow=False)
+
+    numbers = [t.number for t in top_trials(digits.study(), 2)]
+    assert result.trials == tuple(numbers) and len(result.members) == 4
+    labels, first = _stored_oof(digits, numbers[0])
+    _, second = _stored_oof(digits, numbers[1])
+    assert result.scores.oof_ensemble == measure(labels, (first + second) / 2)
+    assert result.scores.oof_trials[0] == measure(labels, first)
+    assert len(labels) == np.sum(stored_folds(digits.study()) >= 0)
+
+
+def test_holdout_table_scores_members_and_voting_with_and_without_tta(digits, monkeypatch):
+    monkeypatch.chdir(digits.root)
+    result = export_from_storage("digits", top_k=1, tta="flip4", mlflow=False)
+    scores = result.scores
+
+    holdout = holdout_indices(stored_folds(digits.study()))
+    assert scores.holdout_size == len(holdout) == 360
+    assert [r.model for r in scores.holdout] == [*result.members, "soft voting", "hard voting"]
+    assert scores.tta_compared == "flip4"
+    table = load_table("builtin:digits")
+    images = cached_images(table, 32, progress=False).images[holdout]
+    ensemble = Ensemble.load(result.folder, device="cpu")
+    soft = measure(table.labels[holdout], ensemble.predict(images, tta="none"))
+    with_tta = measure(table.labels[holdout], ensemble.predict(images))
+    assert scores.holdout[-2].plain == soft and scores.holdout[-2].tta == with_tta
+    assert scores.holdout[-1].plain.log_loss is None  # hard voting has no probabilities
+    assert json.loads((result.folder / "manifest.json").read_text())["tta"] == "flip4"
+
+
+def test_asking_for_more_trials_than_were_kept_is_a_clear_error(digits, monkeypatch):
+    monkeypatch.chdir(digits.root)
+    with pytest.raises(NothingToExport, match=r"Only the 2 best trials .* --top-k 2"):
+        export_from_storage("digits", top_k=3, mlflow=False)
+
+
+def _handler(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hpo")
+    add_parser(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_exporting_a_study_without_a_complete_trial_is_a_clear_error():
+    Path("empty.py").write_text(SPACE)
+    prepare(RunRequest(space="empty.py", overrides=OVERRIDES, progress=False))
+    with pytest.raises(NothingToExport) as caught:
+        _handler(["export", "empty", "--no-mlflow"])
+    message = str(caught.value)
+    assert message.count(". ") == 0 and "no complete trial" in message and "hpo run" in message
+    assert not Path("studies/empty/export").exists()
+
+
+def test_exporting_an_unknown_study_is_a_clear_error():
+    with pytest.raises(StudyError, match="No study storage"):
+        _handler(["export", "nothing-here"])
+
+
+def test_settings_are_read_from_storage_without_running_the_space_file():
+    Path("stored.py").write_text(SPACE + "top_k = 3\ntracking = 'none'\n")
+    request = RunRequest(space="stored.py", overrides=["folds=3", "holdout=0.1"], progress=False)
+    study = prepare(request).study
+
+    settings = stored_settings(study)
+
+    assert settings["top_k"] == 3 and settings["tracking"] == "none"
+    assert settings["folds"] == 3 and settings["holdout"] == 0.1  # command-line overrides
+    assert settings["data"] == "builtin:digits"
+    study.set_user_attr("hpo.run_control", {"top_k": 5})  # the last run's values, when stored
+    assert stored_settings(study)["top_k"] == 5

@@ -1,0 +1,211 @@
+"""`hpo predict` on folders and CSVs, its errors, and the MLflow model that must agree with it."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from search.export.mlflow_model import log_ensemble
+from search.export.predict import PredictInputError, add_parser
+from search.study.splits import holdout_indices
+from search.study.storage import stored_folds
+from tests.search.export.test_export import DigitsStudy, shared_digits_study
+from trainer.cache import cached_images
+from trainer.ensemble import Ensemble, ExportError
+from trainer.errors import ConfigError
+from trainer.sources import load_table
+
+PROBS = [f"prob_{d}" for d in range(10)]
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> DigitsStudy:
+    return shared_digits_study(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def holdout(digits) -> tuple[np.ndarray, np.ndarray]:
+    """The first 12 holdout digits: their 8x8 greyscale pixels and their cached 32 px images."""
+    chosen = holdout_indices(stored_folds(digits.study()))[:12]
+    table = load_table("builtin:digits")
+    cached = cached_images(table, 32, progress=False).images[chosen]
+    return table.arrays[chosen, :, :, 0], cached
+
+
+def _predict(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hpo")
+    add_parser(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(["predict", *argv])
+    return args.handler(args)
+
+
+def _digit_folder(root: Path, greys: np.ndarray) -> list[str]:
+    """Digits as 8x8 greyscale PNGs in nested folders, plus other modes, sizes and junk."""
+    names = []
+    for i, grey in enumerate(greys):
+        name = f"batch{i % 3}/sub{i % 2}/digit{i:02d}.png"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grey).save(root / name)
+        names.append(name)
+    big = np.kron(greys[0], np.ones((9, 7), np.uint8))  # 72x56, not square
+    extras = {
+        "modes/rgba.png": Image.fromarray(np.dstack([big, big, big, np.full_like(big, 200)])),
+        "modes/palette.png": Image.fromarray(np.dstack([big] * 3)).quantize(8),
+        "modes/sixteen.png": Image.fromarray(big.astype(np.uint16) * 257),
+        "modes/photo.jpg": Image.fromarray(np.dstack([big] * 3)),
+    }
+    for name, image in extras.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / name)
+    (root / ".hidden.png").write_bytes((root / names[0]).read_bytes())
+    (root / "notes.txt").write_text("not an image")
+    return names + list(extras)
+
+
+def test_predict_a_folder_of_nested_images_of_any_size_and_mode(digits, holdout, tmp_path):
+    greys, cached = holdout
+    names = _digit_folder(tmp_path / "images", greys)
+
+    assert _predict([str(digits.top1), "images", "--out", "out/predictions.csv"]) == 0
+
+    table = pd.read_csv("out/predictions.csv", keep_default_na=False)
+    assert list(table.columns) == ["path", "label", *PROBS]
+    assert sorted(table["path"]) == sorted(names)
+    np.testing.assert_allclose(table[PROBS].to_numpy().sum(axis=1), 1.0, atol=1e-5)
+    assert (table["label"].astype(str) == table[PROBS].to_numpy().argmax(1).astype(str)).all()
+    # The files decode to exactly the cached images the members were trained and scored on.
+    expected = Ensemble.load(digits.top1, device="cpu").predict(cached)
+    digits_rows = table.set_index("path").loc[names[: len(greys)], PROBS].to_numpy()
+    np.testing.assert_allclose(digits_rows, expected, atol=1e-5)
+
+
+def test_predict_a_csv_of_paths_gives_the_same_rows(digits, holdout, tmp_path):
+    names = _digit_folder(tmp_path / "images", holdout[0])
+    _predict([str(digits.top1), "images", "--out", "folder.csv"])
+    paths = [f"images/{n}" for n in names[:5]] + [str(tmp_path / "images" / n) for n in names[5:]]
+    pd.DataFrame({"id": range(len(paths)), "Path": paths}).to_csv("list.csv", index=False)
+
+    assert _predict([str(digits.top1), "list.csv", "--out", "csv.csv"]) == 0
+
+    by_folder = pd.read_csv("folder.csv").set_index("path").loc[names, PROBS].to_numpy()
+    by_csv = pd.read_csv("csv.csv")
+    assert list(by_csv["path"]) == paths
+    np.testing.assert_allclose(by_csv[PROBS].to_numpy(), by_folder, atol=1e-7)
+
+
+def test_unreadable_files_get_an_empty_row_and_a_note(digits, tmp_path, capsys):
+    Path("images").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save("images/ok.png")
+    Path("images/broken.png").write_bytes(b"not a png")
+
+    assert _predict([str(digits.top1), "images"]) == 0
+
+    table = pd.read_csv("predictions.csv", keep_default_na=False).set_index("path")
+    assert table.loc["broken.png", "label"] == "" and table.loc["ok.png", "label"] != ""
+    assert "1 of 2 files could not be read" in capsys.readouterr().err
+
+
+def test_tta_flag_is_deterministic_and_changes_predictions(digits, holdout, tmp_path):
+    _digit_folder(tmp_path / "images", holdout[0])
+    _predict([str(digits.top1), "images", "--out", "plain.csv"])
+    _predict([str(digits.top1), "images", "--out", "tta1.csv", "--tta"])
+    _predict([str(digits.top1), "images", "--out", "tta2.csv", "--tta", "hflip"])
+
+    plain, tta1, tta2 = (
+        pd.read_csv(f)[PROBS].to_numpy() for f in ("plain.csv", "tta1.csv", "tta2.csv")
+    )
+    np.testing.assert_array_equal(tta1, tta2)  # --tta alone: hflip, as the export has none
+    assert np.abs(tta1 - plain).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("setup", "argv", "error", "words"),
+    [
+        (None, ["missing-export", "images"], ExportError, "does not exist"),
+        ("no-manifest", ["export", "images"], ExportError, "has no manifest.json"),
+        ("bad-manifest", ["export", "images"], ExportError, "not a valid hpo manifest"),
+        (None, ["EXPORT", "empty"], PredictInputError, "holds no images"),
+        (None, ["EXPORT", "no-path.csv"], PredictInputError, "has no path column"),
+        (None, ["EXPORT", "nowhere"], PredictInputError, "does not exist"),
+        (None, ["EXPORT", "images", "--tta", "sideways"], ConfigError, "is not one of"),
+    ],
+)
+def test_user_errors_are_one_clear_sentence(digits, setup, argv, error, words):
+    Path("images").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save("images/ok.png")
+    Path("empty").mkdir()
+    Path("no-path.csv").write_text("file,label\na.png,1\n")
+    if setup:
+        shutil.copytree(digits.top1, "export")
+        if setup == "no-manifest":
+            Path("export/manifest.json").unlink()
+        else:
+            Path("export/manifest.json").write_text('{"classes": ["0", "1"], "members": [{}]}')
+    argv = [str(digits.top1) if a == "EXPORT" else a for a in argv]
+    with pytest.raises(error, match=words) as caught:
+        _predict(argv)
+    assert str(caught.value).count("; ") >= 1 and "\n" not in str(caught.value)
+
+
+def test_the_mlflow_model_predicts_what_hpo_predict_writes(digits, holdout, tmp_path):
+    greys, cached = holdout
+    names = _digit_folder(tmp_path / "images", greys)
+    _predict([str(digits.top1), "images", "--out", "predictions.csv"])
+    written = pd.read_csv("predictions.csv", keep_default_na=False)
+    mlflow.set_experiment("digits")
+    with mlflow.start_run() as study_run:
+        study_id = study_run.info.run_id
+
+    uri = log_ensemble(
+        digits.top1, study_name="digits", run_id=study_id, metrics={"export_oof_f1_macro": 0.5}
+    )
+
+    assert uri == "models:/digits/1"
+    client = mlflow.MlflowClient()
+    assert client.get_model_version("digits", "1").run_id == study_id
+    assert client.get_run(study_id).info.status == "FINISHED"  # restored after logging
+    model = mlflow.pyfunc.load_model(uri)
+    files = [str(tmp_path / "images" / n) for n in written["path"]]
+    by_path = model.predict(pd.DataFrame({"path": files}))
+    np.testing.assert_allclose(by_path[PROBS].to_numpy(), written[PROBS].to_numpy(), atol=1e-6)
+    assert len(written) == len(names)
+    assert list(by_path["label"]) == list(written["label"].astype(str))
+    by_array = model.predict(cached)
+    expected = Ensemble.load(digits.top1, device="cpu").predict(cached)
+    np.testing.assert_allclose(by_array[PROBS].to_numpy(), expected, atol=1e-6)
+    with_tta = model.predict(cached, params={"tta": "hflip"})
+    assert np.abs(with_tta[PROBS].to_numpy() - expected).max() > 1e-4
+
+
+def test_without_a_study_run_the_model_goes_to_one_export_run_of_the_study(digits):
+    uris = [log_ensemble(digits.top1, study_name="other-study") for _ in range(2)]
+
+    assert uris == ["models:/other-study/1", "models:/other-study/2"]
+    client = mlflow.MlflowClient()
+    runs = {client.get_model_version("other-study", v).run_id for v in ("1", "2")}
+    assert len(runs) == 1
+    run = mlflow.get_run(runs.pop())
+    assert mlflow.get_experiment(run.info.experiment_id).name == "other-study"
+    assert run.data.tags["hpo.role"] == "export" and run.info.status == "FINISHED"
+
+
+def test_the_verbs_add_their_parsers_without_importing_the_trainer():
+    # `hpo --help` and `hpo status` build every verb's parser; that must stay fast.
+    code = (
+        "import argparse, sys\n"
+        "from search.export import predict, study_export as export\n"
+        "verbs = argparse.ArgumentParser().add_subparsers()\n"
+        "export.add_parser(verbs); predict.add_parser(verbs)\n"
+        "heavy = [m for m in ('torch', 'optuna', 'mlflow', 'pandas') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,436 @@
+"""MLflow tracking: what a small study wrote, read back through `MlflowClient`.
+
+One module-scoped study (4 trials on digits: complete, failed, pruned, complete) serves most
+tests; a hook placed after the tracker fails trial 1 and prunes trial 2 so that every outcome
+is covered without depending on the pruner's luck.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from mlflow.entities import Run, ViewType
+from optuna.trial import TrialState, create_trial
+from rich.console import Console
+
+from search.engine.run import RunRequest, prepare, run
+from search.hooks import Hooks
+from search.tracking.artifacts import outcome_tags, run_status
+from search.tracking.tracker import (
+    STUDY_RUN_ATTR,
+    TRIAL_RUN_ATTR,
+    Guard,
+    MlflowTracker,
+    close_stale_run,
+    prepare_mlflow,
+    stopped_message,
+    tracking_hook,
+)
+
+SPACE = """\
+from search.space import choice, loguniform
+
+data = "builtin:digits"
+image_size = 32
+folds = 2
+epochs = 2
+backbone = "test_vit"
+batch_size = 64
+augment = "none"
+hflip = False
+pruner = "none"
+lr = loguniform(1e-3, 1e-2)
+dropout = choice(0.0, 0.2)
+"""
+EPOCH_METRICS = ("train_loss", "val_loss", "accuracy", "f1_macro", "lr")
+DIGITS = 1797
+
+
+def write_space(folder: Path, name: str = "tiny") -> Path:
+    """A tiny search space over digits (2 folds x 2 epochs of test_vit at 32 px)."""
+    path = folder / f"{name}.py"
+    path.write_text(SPACE)
+    return path
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=160)
+
+
+class Saboteur(Hooks):
+    """Fails trial 1 in its second epoch and prunes trial 2 in its second fold."""
+
+    def epoch_ended(self, trial: optuna.Trial, row) -> None:
+        if trial.number == 1 and row.epoch == 1:
+            raise RuntimeError("boom (raised by the test)")
+        if trial.number == 2 and row.fold == 1:
+            trial.set_user_attr("pruned_reason", "pruned by the test")
+            trial.set_user_attr("pruned_at", {"fold": 1, "epoch": row.epoch + 1})
+            raise optuna.TrialPruned("pruned by the test")
+
+
+@dataclass
+class Tracked:
+    """A finished study and what it wrote to MLflow."""
+
+    folder: Path
+    client: mlflow.MlflowClient
+    study: optuna.Study
+    runs: list[Run]
+    batches: list[tuple[str, dict]]
+
+    def kind(self, kind: str) -> list[Run]:
+        return [r for r in self.runs if r.data.tags.get("hpo.kind") == kind]
+
+    def trial_run(self, number: int) -> Run:
+        (found,) = [
+            r for r in self.kind("trial") if r.data.tags["optuna.trial_number"] == str(number)
+        ]
+        return found
+
+    def folds_of(self, run: Run) -> list[Run]:
+        children = [
+            r for r in self.kind("fold") if r.data.tags["mlflow.parentRunId"] == run.info.run_id
+        ]
+        return sorted(children, key=lambda r: int(r.data.tags["hpo.fold"]))
+
+    def artifacts(self, run: Run) -> set[str]:
+        return {a.path for a in self.client.list_artifacts(run.info.run_id)}
+
+    def text(self, run: Run, name: str) -> str:
+        return mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{name}")
+
+
+def counting_tracker(batches: list[tuple[str, dict]]):
+    """A tracker factory whose client records every log_batch call."""
+
+    def make(current) -> MlflowTracker:
+        tracker = MlflowTracker(current)
+        original = tracker.client.log_batch
+
+        def log_batch(run_id, metrics=(), params=(), tags=(), **kwargs):
+            batches.append((run_id, {"metrics": list(metrics), "params": list(params)}))
+            return original(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+        tracker.client.log_batch = log_batch
+        return tracker
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory) -> Iterator[Tracked]:
+    folder = tmp_path_factory.mktemp("tracked")
+    previous, uri = os.getcwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(folder)  # MLflow's default store is ./mlflow.db: it must land in this folder
+    batches: list[tuple[str, dict]] = []
+    try:
+        space = write_space(folder)
+        request = RunRequest(space=str(space), trials=3, progress=False, export=False)
+        run(request, console=quiet(), hooks=[counting_tracker(batches), lambda _: Saboteur()])
+    finally:
+        os.chdir(previous)
+        if uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+    client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    storage = f"sqlite:///{folder / 'studies' / 'tiny' / 'study.db'}"
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    yield Tracked(folder, client, study, runs, batches)
+
+
+def test_one_experiment_named_after_the_study_with_one_study_run(tracked):
+    (study_run,) = tracked.kind("study")
+    assert study_run.info.run_name == "tiny"
+    assert "mlflow.parentRunId" not in study_run.data.tags
+    assert study_run.info.status == "FINISHED"
+    assert tracked.study.user_attrs[STUDY_RUN_ATTR] == study_run.info.run_id
+    assert {r.info.experiment_id for r in tracked.runs} == {study_run.info.experiment_id}
+    assert not (tracked.folder / "mlruns").exists() or any((tracked.folder / "mlruns").iterdir())
+
+
+def test_every_trial_is_a_run_nested_in_the_study_run(tracked):
+    (study_run,) = tracked.kind("study")
+    trials = tracked.study.get_trials()
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.PRUNED,
+        TrialState.COMPLETE,
+    ]
+    assert len(tracked.kind("trial")) == len(trials) == 4
+    for trial in trials:
+        run_ = tracked.trial_run(trial.number)
+        assert run_.data.tags["mlflow.parentRunId"] == study_run.info.run_id
+        assert trial.user_attrs[TRIAL_RUN_ATTR] == run_.info.run_id
+        assert run_.info.run_name == f"trial-{trial.number}"
+        assert run_.data.tags["optuna.state"] == trial.state.name
+
+
+def test_folds_are_nested_in_their_trial(tracked):
+    fold_counts = [len(tracked.folds_of(tracked.trial_run(n))) for n in range(4)]
+    assert fold_counts == [2, 1, 2, 2]
+    assert len(tracked.kind("fold")) == sum(fold_counts)
+    for fold in tracked.folds_of(tracked.trial_run(0)):
+        assert fold.data.tags["optuna.trial_number"] == "0"
+        assert fold.info.status == "FINISHED"
+
+
+def test_params_are_the_resolved_config(tracked):
+    for trial in tracked.study.get_trials():
+        params = tracked.trial_run(trial.number).data.params
+        assert params == {k: str(v) for k, v in trial.user_attrs["config"].items()}
+        assert params["backbone"] == "test_vit"
+        assert float(params["lr"]) == pytest.approx(trial.params["lr"])
+
+
+def test_each_fold_has_one_value_per_epoch_of_each_metric(tracked):
+    for number, epochs in ((0, [0, 1]), (3, [0, 1])):
+        for fold in tracked.folds_of(tracked.trial_run(number)):
+            for name in (*EPOCH_METRICS, "score", "epoch_seconds"):
+                history = tracked.client.get_metric_history(fold.info.run_id, name)
+                assert sorted(m.step for m in history) == epochs, (number, name)
+            assert fold.data.metrics["best_epoch"] in (0, 1)
+    (pruned_fold,) = tracked.folds_of(tracked.trial_run(2))[1:]
+    assert len(tracked.client.get_metric_history(pruned_fold.info.run_id, "val_loss")) == 1
+
+
+def test_epoch_metrics_are_written_in_one_batch_per_epoch(tracked):
+    fold_ids = {r.info.run_id for r in tracked.kind("fold")}
+    epoch_calls = [
+        (run_id, batch)
+        for run_id, batch in tracked.batches
+        if run_id in fold_ids and any(m.key == "train_loss" for m in batch["metrics"])
+    ]
+    logged = sum(len(tracked.client.get_metric_history(f, "train_loss")) for f in fold_ids)
+    # 2 folds x 2 epochs, except trial 1 (failed in epoch 2 of fold 0) and 2 (pruned in fold 1)
+    assert len(epoch_calls) == logged == 4 + 2 + 3 + 4
+    for _, batch in epoch_calls:
+        keys = {m.key for m in batch["metrics"]}
+        assert set(EPOCH_METRICS) <= keys
+        assert len({m.step for m in batch["metrics"]}) == 1
+
+
+def test_trial_mean_and_spread_over_folds(tracked):
+    for trial in tracked.study.get_trials(states=(TrialState.COMPLETE,)):
+        metrics = tracked.trial_run(trial.number).data.metrics
+        assert metrics["score_mean"] == pytest.approx(trial.value)
+        assert metrics["score_std"] == pytest.approx(trial.user_attrs["score_std"])
+        history = tracked.client.get_metric_history(
+            tracked.trial_run(trial.number).info.run_id, "fold_score"
+        )
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1]
+    assert "score_mean" not in tracked.trial_run(2).data.metrics  # pruned: no mean of all folds
+
+
+def test_pruned_and_failed_trials_differ_in_status_and_tags(tracked):
+    statuses = [tracked.trial_run(n).info.status for n in range(4)]
+    assert statuses == ["FINISHED", "FAILED", "KILLED", "FINISHED"]
+    failed, pruned = tracked.trial_run(1), tracked.trial_run(2)
+    assert "boom (raised by the test)" in failed.data.tags["hpo.fail_reason"]
+    assert "traceback.txt" in tracked.artifacts(failed)
+    assert "RuntimeError: boom" in tracked.text(failed, "traceback.txt")
+    assert pruned.data.tags["hpo.pruned_at"] == "fold 1, epoch 1"
+    assert pruned.data.tags["hpo.pruned_reason"] == "pruned by the test"
+    assert [f.info.status for f in tracked.folds_of(pruned)] == ["FINISHED", "KILLED"]
+    assert [f.info.status for f in tracked.folds_of(failed)] == ["FAILED"]
+
+
+def test_the_ui_filters_in_the_docs_find_pruned_and_failed_runs(tracked):
+    experiment = tracked.kind("study")[0].info.experiment_id
+
+    def names(query: str) -> list[str]:
+        found = tracked.client.search_runs([experiment], query, ViewType.ACTIVE_ONLY)
+        return sorted(r.info.run_name for r in found)
+
+    assert names("tags.optuna.state = 'PRUNED'") == ["trial-2"]
+    assert names("tags.optuna.state = 'FAIL'") == ["trial-1"]
+    assert names("attributes.status = 'FAILED' and tags.hpo.kind = 'trial'") == ["trial-1"]
+    assert names("tags.hpo.pruned_at LIKE 'fold 1%'") == ["trial-2"]
+    assert len(names("tags.hpo.kind = 'trial'")) == 4
+
+
+def test_trial_artifacts(tracked):
+    for trial in tracked.study.get_trials():
+        run_ = tracked.trial_run(trial.number)
+        assert yaml.safe_load(tracked.text(run_, "config.yaml")) == trial.user_attrs["config"]
+    complete = tracked.trial_run(0)
+    assert {"config.yaml", "confusion_matrix.png", "oof_predictions.csv"} <= tracked.artifacts(
+        complete
+    )
+    rows = list(csv.DictReader(io.StringIO(tracked.text(complete, "oof_predictions.csv"))))
+    assert len(rows) == DIGITS  # two folds cover every sample once
+    assert {r["fold"] for r in rows} == {"0", "1"}
+    assert len({r["sample"] for r in rows}) == DIGITS
+    pruned_rows = tracked.text(tracked.trial_run(2), "oof_predictions.csv").count("\n") - 1
+    assert 0 < pruned_rows < DIGITS  # only the fold it finished
+    assert "confusion_matrix.png" not in tracked.artifacts(tracked.trial_run(1))
+
+
+def test_study_artifacts(tracked):
+    (study_run,) = tracked.kind("study")
+    expected = {
+        "data_summary.json",
+        "data_summary.txt",
+        "space.py",
+        "trials.csv",
+        "optimization_history.png",
+        "param_importances.png",
+    }
+    assert expected <= tracked.artifacts(study_run)
+    summary = json.loads(tracked.text(study_run, "data_summary.json"))
+    assert sum(summary["class_counts"].values()) == DIGITS
+    rows = list(csv.DictReader(io.StringIO(tracked.text(study_run, "trials.csv"))))
+    assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "PRUNED", "COMPLETE"]
+    assert rows[0]["mlflow_run_id"] == tracked.trial_run(0).info.run_id
+    assert study_run.data.metrics["trials_complete"] == 2
+    assert study_run.data.metrics["best_score"] == pytest.approx(tracked.study.best_value)
+    assert study_run.data.params["folds"] == "2"
+
+
+def test_versions_commit_and_device_are_recorded(tracked):
+    for run_ in (tracked.kind("study")[0], tracked.trial_run(0)):
+        tags = run_.data.tags
+        for name in ("torch", "timm", "optuna", "mlflow", "albumentations", "python"):
+            assert tags[f"hpo.version.{name}"]
+        assert tags["hpo.host"]
+    assert tracked.trial_run(0).data.tags["hpo.device"] == "cpu"
+
+
+def test_a_resumed_study_keeps_one_study_run():
+    space = write_space(Path.cwd(), "again")
+    for target in (2, 3):
+        request = RunRequest(space=str(space), trials=target, progress=False, export=False)
+        run(request, console=quiet(), hooks=[tracking_hook])
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("again").experiment_id
+    runs = client.search_runs([experiment], "tags.hpo.kind != 'fold'")
+    (study_run,) = [r for r in runs if r.data.tags["hpo.kind"] == "study"]
+    trial_runs = [r for r in runs if r.data.tags["hpo.kind"] == "trial"]
+    assert len(trial_runs) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {study_run.info.run_id}
+    assert study_run.info.status == "FINISHED"
+    history = client.get_metric_history(study_run.info.run_id, "trials_complete")
+    assert max(history, key=lambda m: m.step).value == 3
+
+
+def test_workers_starting_together_settle_on_one_study_run():
+    current = prepare(RunRequest(space=str(write_space(Path.cwd(), "race")), progress=False))
+    trackers: list[MlflowTracker] = []
+    start = threading.Barrier(2)
+
+    def worker() -> None:
+        start.wait()
+        trackers.append(MlflowTracker(current))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for tracker in trackers:  # what each does when its next trial starts
+        tracker._follow_study_run(current.study)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("race").experiment_id
+    active = client.search_runs([experiment], "tags.hpo.kind = 'study'")
+    assert [r.info.run_id for r in active] == [current.study.user_attrs[STUDY_RUN_ATTR]]
+    assert {t.study_run_id for t in trackers} == {active[0].info.run_id}
+
+
+def test_a_worker_joins_the_study_run_another_worker_stored():
+    current = prepare(RunRequest(space=str(write_space(Path.cwd(), "join")), progress=False))
+    first = MlflowTracker(current)
+    mine = first.client.create_run(first.experiment_id, tags={"mlflow.parentRunId": "x"})
+    first.mine.append(mine.info.run_id)
+    other = first.client.create_run(first.experiment_id, tags={"hpo.kind": "study"})
+    current.study.set_user_attr(STUDY_RUN_ATTR, other.info.run_id)
+    dropped = first.study_run_id
+    first._follow_study_run(current.study)
+    assert first.study_run_id == other.info.run_id
+    moved = first.client.get_run(mine.info.run_id)
+    assert moved.data.tags["mlflow.parentRunId"] == other.info.run_id
+    assert first.client.get_run(dropped).info.lifecycle_stage == "deleted"
+
+
+def test_tracking_none_is_a_plain_hook():
+    current = SimpleNamespace(space=SimpleNamespace(settings={"tracking": "none"}))
+    assert type(tracking_hook(current)) is Hooks
+
+
+def test_guard_says_it_once_and_stops_calling(capsys):
+    guard = Guard("http://127.0.0.1:9")
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise mlflow.exceptions.MlflowException(
+            "API request to http://127.0.0.1:9/api failed with exception "
+            "HTTPConnectionPool(...): Max retries exceeded (Connection refused)"
+        )
+
+    assert guard(broken) is None
+    assert guard(broken) is None
+    assert guard(lambda: 1) is None
+    assert calls == [1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "MLflow tracking at http://127.0.0.1:9 stopped answering (connection refused); the "
+        "study goes on without it."
+    ]
+
+
+def test_stopped_message_keeps_long_reasons_short():
+    message = stopped_message("sqlite:///x.db", OSError("disk full " * 50))
+    assert len(message) < 300
+    assert message.startswith("MLflow tracking at sqlite:///x.db stopped answering (disk full")
+
+
+def test_http_retry_defaults_respect_the_user(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    prepare_mlflow()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    assert int(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30
+
+
+def test_status_and_tags_of_each_outcome():
+    def trial(state: TrialState, **attrs) -> optuna.trial.FrozenTrial:
+        value = 0.5 if state == TrialState.COMPLETE else None
+        return create_trial(state=state, value=value, user_attrs=attrs)
+
+    assert run_status(trial(TrialState.COMPLETE)) == "FINISHED"
+    assert run_status(trial(TrialState.PRUNED)) == "KILLED"
+    assert run_status(trial(TrialState.FAIL, fail_reason="ValueError: x")) == "FAILED"
+    assert run_status(trial(TrialState.FAIL, fail_reason="interrupted (Ctrl-C)")) == "KILLED"
+    tags = outcome_tags(trial(TrialState.PRUNED, pruned_at={"fold": 2, "epoch": None}))
+    assert tags["hpo.pruned_at"] == "fold 2"
+    assert tags["optuna.state"] == "PRUNED"
+
+
+def test_close_stale_run_kills_a_dead_workers_runs():
+    prepare_mlflow()
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("stale")
+    trial_run = client.create_run(experiment, tags={"hpo.kind": "trial"}).info.run_id
+    fold_run = client.create_run(experiment, tags={"mlflow.parentRunId": trial_run}).info.run_id
+    assert close_stale_run(trial_run)
+    for run_id in (trial_run, fold_run):
+        assert client.get_run(run_id).info.status == "KILLED"
+    tags = client.get_run(trial_run).data.tags
+    assert tags["optuna.state"] == "FAIL"
+    assert "died" in tags["hpo.fail_reason"]
+    assert not close_stale_run(trial_run)  # already closed
+    assert not close_stale_run("0" * 32)  # unknown run: no error

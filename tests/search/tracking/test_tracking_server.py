@@ -1,0 +1,203 @@
+"""Tracking through a real `mlflow server` on 127.0.0.1: MLFLOW_TRACKING_URI is honoured, and a
+server that dies or hangs mid-study costs the study nothing but its tracking."""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+from rich.console import Console
+
+from search.engine.run import RunRequest, prepare, run
+from search.hooks import Hooks
+from search.tracking.tracker import TRIAL_RUN_ATTR, MlflowTracker, prepare_mlflow, tracking_hook
+from search.tracking.ui import free_port, server_command, start_server, stop_server
+from tests.search.tracking.test_tracking import write_space
+
+STOPPED = "stopped answering"
+
+
+@dataclass
+class Server:
+    """A running `mlflow server` and where it keeps its state."""
+
+    url: str
+    store: str
+    process: object
+    log: Path
+
+
+@contextmanager
+def mlflow_server(folder: Path, store: str | None = None) -> Iterator[Server]:
+    """`mlflow server` on a free loopback port (its own sqlite store unless ``store`` is given)."""
+    store = store or f"sqlite:///{folder / 'server.db'}"
+    port, log = free_port(), folder / "mlflow-server.log"
+    process = start_server(store, port=port, log=log)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", store, process, log)
+    finally:
+        stop_server(process)
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=160)
+
+
+class StopServerAfterFirstTrial(Hooks):
+    """Kills the tracking server once the first trial is stored (and tracked)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server, self.done = server, False
+
+    def trial_ended(self, study: optuna.Study, trial) -> None:
+        if not self.done:
+            stop_server(self.server.process)
+            self.done = True
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_uri_points_the_study_at_a_tracking_server(tmp_path, monkeypatch):
+    with mlflow_server(tmp_path) as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        space = write_space(Path.cwd(), "remote")
+        request = RunRequest(
+            space=str(space), overrides=["epochs=1"], trials=2, progress=False, export=False
+        )
+        assert run(request, console=quiet(), hooks=[tracking_hook]) == "done"
+        client = mlflow.MlflowClient(server.url)
+        experiment = client.get_experiment_by_name("remote").experiment_id
+        runs = client.search_runs([experiment])
+        kinds = sorted(r.data.tags["hpo.kind"] for r in runs)
+        assert kinds == ["fold"] * 4 + ["study"] + ["trial"] * 2
+        (study_run,) = [r for r in runs if r.data.tags["hpo.kind"] == "study"]
+        trial_run = next(r for r in runs if r.data.tags["hpo.kind"] == "trial")
+        artifacts = {a.path for a in client.list_artifacts(trial_run.info.run_id)}
+        assert {"config.yaml", "confusion_matrix.png", "oof_predictions.csv"} <= artifacts
+        assert "trials.csv" in {a.path for a in client.list_artifacts(study_run.info.run_id)}
+        history = client.get_metric_history(trial_run.info.run_id, "fold_score")
+        assert len(history) == 2
+    assert not Path("mlflow.db").exists()  # nothing went to the local default store
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_study_loses_no_trial(tmp_path, monkeypatch, capfd):
+    with mlflow_server(tmp_path) as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        space = write_space(Path.cwd(), "outage")
+        request = RunRequest(
+            space=str(space), overrides=["epochs=1"], trials=3, progress=False, export=False
+        )
+        hooks = [tracking_hook, lambda _: StopServerAfterFirstTrial(server)]
+        assert run(request, console=quiet(), hooks=hooks) == "done"
+    err = capfd.readouterr().err
+    assert err.count(STOPPED) == 1, err
+    assert f"MLflow tracking at {server.url} {STOPPED}" in err
+    assert "the study goes on without it." in err
+    study = optuna.load_study(
+        study_name="outage", storage=f"sqlite:///{Path.cwd()}/studies/outage/study.db"
+    )
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [TRIAL_RUN_ATTR in t.user_attrs for t in trials] == [True, False, False]
+
+
+def test_a_server_that_hangs_is_given_up_within_the_timeout(monkeypatch, capfd):
+    # A socket that accepts connections but never answers: what a hung server looks like.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        current = prepare(RunRequest(space=str(write_space(Path.cwd(), "hung")), progress=False))
+        started = time.monotonic()
+        tracker = MlflowTracker(current, tracking_uri=uri)
+        waited = time.monotonic() - started
+    assert not tracker.active
+    err = capfd.readouterr().err
+    assert err.count(STOPPED) == 1
+    assert "timed out" in err
+    assert waited < 60, "a hung server must not stall the study"
+
+
+UI_SCRIPT = """
+import argparse, sys
+from search.tracking import ui
+parser = argparse.ArgumentParser(prog="hpo")
+ui.add_parser(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.handler(args))
+"""
+
+
+def hpo_ui(*args: str) -> subprocess.Popen:
+    """`hpo ui ARGS` in a child process (unbuffered, so its lines arrive as printed)."""
+    command = [sys.executable, "-u", "-c", UI_SCRIPT, "ui", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_hpo_ui_serves_the_local_store_on_loopback_and_prints_the_runs_address():
+    prepare_mlflow()
+    experiment = mlflow.MlflowClient().create_experiment("shown", tags={"hpo.study": "shown"})
+    port = free_port()
+    ui = hpo_ui("shown", "--port", str(port))
+    address = (
+        f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    )
+    try:
+        printed = [ui.stdout.readline() for _ in range(2)]
+        assert printed[0].startswith(f"MLflow UI for sqlite:///{Path.cwd()}/mlflow.db")
+        assert printed[1].strip() == f"shown: {address}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as reply:
+            assert reply.status == 200  # it prints only once the server answers
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(60) == 0
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+    with pytest.raises(OSError):  # Ctrl-C stopped the server too
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+def test_hpo_ui_binds_to_loopback_unless_told_otherwise():
+    command = server_command("sqlite:///x.db", port=5001)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "5001"
+    assert command[command.index("--backend-store-uri") + 1] == "sqlite:///x.db"
+
+
+def test_hpo_ui_says_what_to_do_without_a_store_or_with_an_unknown_study():
+    ui = hpo_ui()
+    output, _ = ui.communicate(timeout=120)
+    assert ui.returncode != 0
+    assert "No MLflow store at" in output and "run `hpo run` in this folder first" in output
+    prepare_mlflow()
+    mlflow.MlflowClient().search_experiments()  # creates ./mlflow.db
+    ui = hpo_ui("nosuch")
+    output, _ = ui.communicate(timeout=120)
+    assert "No experiment named 'nosuch'" in output
+    assert "MLflow UI for" not in output  # nothing was started
+
+
+def test_hpo_ui_with_a_tracking_server_only_prints_its_address(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    ui = hpo_ui()
+    output, _ = ui.communicate(timeout=120)
+    assert ui.returncode == 0
+    assert output.startswith("MLflow tracking server: http://127.0.0.1:")
+    assert "could not list its studies" in output  # nobody listens there
