@@ -363,7 +363,8 @@ def study_share(s: Setup, workdir: Path, *, timeout: float) -> list[list]:
     """Part 2: run a short study under the profiler; report GPU busy time against wall time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from search.engine.run import RunRequest, run
+    from search.context import RunRequest
+    from search.engine.run import run
 
     photos = make_photos(
         workdir / f"photos-5x{s.study_per_class}", per_class=s.study_per_class, n_jobs=-1

@@ -44,7 +44,8 @@ dropout = choice(0.0, 0.2)
 
 def child(variant: str, trials: int) -> dict:
     """Run the study once in the current folder; returns its wall time and trial values."""
-    from search.engine.run import RunRequest, default_hooks, run
+    from search.context import RunRequest
+    from search.engine.run import default_hooks, run
     from search.tracking.tracker import prepare_mlflow, tracking_hook
 
     store_seconds = 0.0

@@ -16,7 +16,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from search.engine.run import RunRequest, run
+from search.context import RunRequest
+from search.engine.run import run
 from search.tracking.tracker import tracking_hook
 from search.tracking.ui import free_port, runs_address, start_server, stop_server
 from tests.search.tracking.test_tracking import Saboteur, quiet, write_space

@@ -24,8 +24,9 @@ import pytest
 from PIL import Image
 
 from search.cli.main import main
+from search.context import RunRequest
 from search.engine import objective as objective_module
-from search.engine.run import RunRequest, prepare, run
+from search.engine.run import prepare, run
 from trainer.errors import DataError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from trainer.config import TTA_MODES
 from trainer.errors import ConfigError
 
 POLICIES: tuple[str, ...] = ("none", "light", "medium", "heavy")
@@ -194,8 +195,9 @@ _TTA_VIEWS: dict[str, tuple[View, ...]] = {
     ),
 }
 
-TTA_MODES: tuple[str, ...] = tuple(_TTA_VIEWS)
-"""Names accepted by `tta_views`: ``none``, ``hflip``, ``flip4`` (4 flips), ``d4`` (8 views)."""
+# `TTA_MODES` (trainer.config) names exactly these: ``none``, ``hflip``, ``flip4`` (4 flips),
+# ``d4`` (8 views).
+assert tuple(_TTA_VIEWS) == TTA_MODES
 
 
 def tta_views(name: str) -> tuple[View, ...]:

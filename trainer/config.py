@@ -18,6 +18,10 @@ Scheduler = Literal["cosine", "step", "plateau", "none"]
 Augment = Literal["none", "light", "medium", "heavy"]
 Finetune = Literal["full", "head"]
 Metric = Literal["f1_macro", "accuracy", "log_loss"]
+Tta = Literal["none", "hflip", "flip4", "d4"]
+# Names of the test-time augmentation modes (`trainer.augment.tta_views` defines their views);
+# here so that the study side can check a setting without importing albumentations.
+TTA_MODES: tuple[str, ...] = get_args(Tta)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,7 +36,8 @@ def _quiet_libraries() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.engine.run import RunRequest, run
+    from search.context import RunRequest
+    from search.engine.run import run
     from search.study.report import make_console
 
     overrides = list(args.overrides)

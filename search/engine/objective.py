@@ -5,41 +5,18 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 import torch
 
 from search.hooks import Hooks
 from search.space.spacefile import Space
+from search.study.data import StudyData
 from search.study.pruning import epoch_step, explain_epoch_prune, explain_fold_prune, fold_step
-from trainer.cache import CachedImages, cached_images
+from trainer.cache import CachedImages
 from trainer.config import TrainConfig
 from trainer.device import release_memory
 from trainer.loop import Diverged, EpochMetrics, FoldResult, Split, fit
-from trainer.sources import ImageTable
-
-
-@dataclass
-class StudyData:
-    """The study's images, decoded once per image size and shared by every trial."""
-
-    table: ImageTable
-    splits: Sequence[Split]
-    splits_id: str = ""
-    cache_dir: Path | None = None
-    progress: bool = True
-    _by_size: dict[int, CachedImages] = field(default_factory=dict)
-
-    def images(self, size: int) -> CachedImages:
-        """The cached images at ``size`` (built on first use, then reused)."""
-        if size not in self._by_size:
-            self._by_size[size] = cached_images(
-                self.table, size, directory=self.cache_dir, progress=self.progress
-            )
-        return self._by_size[size]
 
 
 class _EpochPruning:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 import socket
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import optuna
 from rich.console import Console
 
-from search.engine.objective import Objective, StudyData
+from search.context import HookFactory, RunRequest, StudyRun
+from search.engine.objective import Objective
 from search.engine.progress import Progress
 from search.engine.runner import RunLimits, optimize
 from search.hooks import HookList, Hooks
 from search.space.settings import SETTINGS
 from search.space.spacefile import Space, load_space
+from search.study.data import StudyData
 from search.study.report import make_console, trials_table
 from search.study.splits import fold_splits
 from search.study.storage import (
@@ -33,41 +33,6 @@ from search.study.storage import (
 from trainer.cache import cached_images
 from trainer.models import check_backbone, check_pretrained
 from trainer.sources import ImageTable, load_table
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What the user asked `hpo run` for (command-line flags beat the space file)."""
-
-    space: str
-    overrides: Sequence[str] = ()
-    trials: int | None = None
-    timeout: float | None = None
-    study: str | None = None
-    storage: str | None = None
-    worker: int = 0
-    workers: int = 1
-    heartbeat: int | None = None
-    progress: bool = True
-    export: bool = True
-
-
-@dataclass(frozen=True)
-class StudyRun:
-    """Everything a running study is made of; hooks and the export are built from it."""
-
-    request: RunRequest
-    space: Space
-    place: StudyPlace
-    table: ImageTable
-    study: optuna.Study
-    data: StudyData
-    target: int
-    console: Console = field(default_factory=make_console)
-
-
-# Builds one observer of a run (MLflow tracking, checkpoints); see `default_hooks`.
-HookFactory = Callable[[StudyRun], Hooks]
 
 
 def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:

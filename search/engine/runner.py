@@ -22,11 +22,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.engine.objective import Objective
 from search.hooks import Hooks
+from search.keys import SURPLUS
 from trainer.device import release_memory
 from trainer.errors import UserError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-SURPLUS = "hpo.surplus"
 
 
 class TooManyFailures(UserError):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from search.context import RunRequest, StudyRun
 from search.engine.progress import trial_line
-from search.engine.run import RunRequest, StudyRun, default_hooks, finish, observers_for, prepare
+from search.engine.run import default_hooks, finish, observers_for, prepare
 from search.engine.runner import count_trials
 from search.study.report import summary_line, visible_trials
 from trainer.device import cpu_count

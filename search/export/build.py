@@ -41,7 +41,7 @@ from trainer.ensemble import Ensemble, Manifest, MemberSpec, file_sha256
 from trainer.models import build_model, normalization
 
 if TYPE_CHECKING:
-    from search.engine.run import StudyRun
+    from search.context import StudyRun
     from trainer.sources import ImageTable
 
 MEMBERS = "members"

@@ -34,7 +34,7 @@ from safetensors.torch import save
 from search.hooks import Hooks
 
 if TYPE_CHECKING:
-    from search.engine.run import StudyRun
+    from search.context import StudyRun
     from trainer.config import TrainConfig
     from trainer.loop import FoldResult
 

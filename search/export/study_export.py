@@ -27,7 +27,7 @@ from trainer.errors import UserError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from search.engine.run import StudyRun
+    from search.context import StudyRun
     from search.export.build import ExportResult
 
 # Listed here so that building the `hpo` parser imports nothing heavy (trainer.augment has them).

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from search.study.samplers import SAMPLERS
-from trainer.augment import TTA_MODES
+from trainer.config import TTA_MODES
 
+SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNERS = ("median", "percentile", "wilcoxon", "none")
 TRACKING = ("mlflow", "none")
 

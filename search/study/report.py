@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from search.engine.runner import SURPLUS
+from search.keys import SURPLUS
 
 
 def make_console(*, stderr: bool = True) -> Console:

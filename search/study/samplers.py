@@ -17,7 +17,6 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
-SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 STARTUP_TRIALS = 10
 
 

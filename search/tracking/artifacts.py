@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import optuna
     from matplotlib.figure import Figure
 
-    from search.engine.run import StudyRun
+    from search.context import StudyRun
     from trainer.config import TrainConfig
     from trainer.loop import EpochMetrics, FoldResult
 

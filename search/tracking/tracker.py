@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from search.engine.run import StudyRun
+    from search.context import StudyRun
     from trainer.config import TrainConfig
     from trainer.loop import EpochMetrics, FoldResult
 

@@ -11,12 +11,12 @@ import torch
 
 from trainer.augment import (
     POLICIES,
-    TTA_MODES,
     SeededCompose,
     augment_batch,
     train_transform,
     tta_views,
 )
+from trainer.config import TTA_MODES
 from trainer.errors import ConfigError
 
 

@@ -15,8 +15,9 @@ import torch
 from optuna.trial import TrialState
 
 from search.cli.main import main
+from search.context import RunRequest
 from search.engine import objective as objective_module
-from search.engine.run import RunRequest, run
+from search.engine.run import run
 from search.engine.runner import TooManyFailures
 from trainer import loop
 

@@ -14,7 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli.main import main
-from search.engine.run import RunRequest, prepare, run
+from search.context import RunRequest
+from search.engine.run import prepare, run
 from search.study.storage import StudyError
 
 TINY = ["folds=2", "epochs=1", "backbone=test_vit", "tracking=none", "batch_size=64"]

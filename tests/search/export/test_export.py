@@ -15,7 +15,8 @@ import numpy as np
 import optuna
 import pytest
 
-from search.engine.run import RunRequest, prepare, run
+from search.context import RunRequest
+from search.engine.run import prepare, run
 from search.export.build import stored_settings
 from search.export.checkpoints import checkpoint_hook, load_oof, top_trials, trial_dir
 from search.export.report import measure

@@ -25,7 +25,8 @@ from mlflow.entities import Run, ViewType
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
-from search.engine.run import RunRequest, prepare, run
+from search.context import RunRequest
+from search.engine.run import prepare, run
 from search.hooks import Hooks
 from search.tracking.artifacts import outcome_tags, run_status
 from search.tracking.tracker import (

@@ -21,7 +21,8 @@ import pytest
 from optuna.trial import TrialState
 from rich.console import Console
 
-from search.engine.run import RunRequest, prepare, run
+from search.context import RunRequest
+from search.engine.run import prepare, run
 from search.hooks import Hooks
 from search.tracking.tracker import TRIAL_RUN_ATTR, MlflowTracker, prepare_mlflow, tracking_hook
 from search.tracking.ui import free_port, server_command, start_server, stop_server
