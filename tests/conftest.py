@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 # Must be set before huggingface_hub or albumentations are imported (see library-facts.md).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+
+# Child processes (`python -m search.cli ...`) must import this checkout's packages, not those of
+# another checkout installed in editable mode into the same environment.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 import pytest
 import torch
