@@ -12,13 +12,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
+import pytest
+import torch
+
 # Child processes (`python -m search.cli ...`) must import this checkout's packages, not those of
 # another checkout installed in editable mode into the same environment.
 _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
-
-import pytest
-import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
