@@ -6,7 +6,8 @@ import optuna
 import pytest
 
 from search.space import choice, loguniform
-from search.study.samplers import SAMPLERS, build_sampler
+from search.space.settings import SAMPLERS
+from search.study.samplers import build_sampler
 
 SPACE = {"lr": loguniform(1e-4, 1e-1), "loss": choice("ce", "focal")}
 
