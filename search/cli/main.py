@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 # Before albumentations is imported anywhere: it would ask PyPI for updates on every start.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from search.cli import cache, dashboard
 from search.cli.args import positive_float, positive_int
 from search.export import predict  # light modules: parsers only
 from search.export import study_export as export
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(verbs)
     predict.add_parser(verbs)
     ui.add_parser(verbs)
+    dashboard.add_parser(verbs)
+    cache.add_parser(verbs)
     return parser
 
 

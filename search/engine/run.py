@@ -59,7 +59,9 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     if len(fold_of) != len(table):
         raise StudyError(f"Study '{place.name}' stores splits for another dataset size.")
     splits = fold_splits(np.asarray(fold_of), space.settings["folds"])
-    data = StudyData(table, splits, splits_id(fold_of), progress=request.progress)
+    data = StudyData(
+        table, splits, splits_id(fold_of), progress=request.progress, folder=place.folder
+    )
     target = request.trials or space.settings["trials"]
     return StudyRun(request, space, place, table, study, data, target, console or make_console())
 

@@ -1,0 +1,107 @@
+"""Which image caches exist, which studies use them, and removing those none uses.
+
+`trainer.cache` names a cache file after the data's contents and the image size; it knows
+nothing of studies. Each study therefore records the cache files it reads in its own folder
+(``studies/<name>/caches.json``), and each cache gets a small JSON beside it saying what it
+holds, so that `hpo cache` can list them and `hpo cache clean` can remove the unused ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+USES_FILE = "caches.json"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One image cache file and what is known about it."""
+
+    path: Path
+    source: str
+    size: int | None
+    images: int | None
+    bytes: int
+    last_used: float
+    used_by: tuple[str, ...]
+
+
+def record_use(study_folder: Path, cache: Path, *, source: str, size: int, images: int) -> None:
+    """Note that the study in ``study_folder`` reads ``cache``; marks the cache as used now."""
+    about = _about(cache)
+    if not about.exists():
+        about.write_text(json.dumps({"source": source, "size": size, "images": images}))
+    os.utime(cache)  # its modification time is the "last use" `hpo cache` shows
+    uses = study_folder / USES_FILE
+    names = set(_read_list(uses))
+    if cache.name not in names:
+        study_folder.mkdir(parents=True, exist_ok=True)
+        uses.write_text(json.dumps(sorted(names | {cache.name}), indent=1))
+
+
+def list_caches(directory: Path, studies: Path) -> list[CacheEntry]:
+    """Every cache file in ``directory``, with the studies under ``studies`` that use it."""
+    users: dict[str, list[str]] = {}
+    for uses in sorted(studies.glob(f"*/{USES_FILE}")):
+        for name in _read_list(uses):
+            users.setdefault(name, []).append(uses.parent.name)
+    return [
+        _entry(path, tuple(users.get(path.name, ()))) for path in sorted(directory.glob("*.npy"))
+    ]
+
+
+def remove_unused(entries: Sequence[CacheEntry]) -> list[CacheEntry]:
+    """Delete the cache files (and their side files) that no study uses; returns those removed."""
+    removed = [entry for entry in entries if not entry.used_by]
+    for entry in removed:
+        for path in (entry.path, _about(entry.path), entry.path.with_suffix(".lock")):
+            path.unlink(missing_ok=True)
+    return removed
+
+
+def describe_age(seconds_ago: float) -> str:
+    """``"3 min ago"``, ``"2 h ago"``, ``"5 days ago"``."""
+    for unit, length in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds_ago >= length:
+            return f"{seconds_ago // length:.0f} {unit} ago"
+    return "just now"
+
+
+def _entry(path: Path, used_by: tuple[str, ...]) -> CacheEntry:
+    about = _read_dict(_about(path))
+    stat = path.stat()
+    size = about.get("size")
+    return CacheEntry(
+        path=path,
+        source=str(about.get("source", "?")),
+        size=size if isinstance(size, int) else None,
+        images=about.get("images") if isinstance(about.get("images"), int) else None,
+        bytes=stat.st_size,
+        last_used=time.time() - stat.st_mtime,
+        used_by=used_by,
+    )
+
+
+def _about(cache: Path) -> Path:
+    return cache.with_suffix(".json")
+
+
+def _read_list(path: Path) -> list[str]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _read_dict(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
