@@ -67,14 +67,22 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
         torch.set_num_threads(config.threads)
     on_cuda = device.type == "cuda"
     amp = on_cuda if config.amp is None else config.amp and on_cuda
-    amp_dtype = None
-    if amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = cuda_autocast_dtype() if amp else None
     channels_last = on_cuda if config.channels_last is None else config.channels_last
     if on_cuda:
         # Shapes are fixed within a fold, so cuDNN's autotuning pays for itself after a step.
         torch.backends.cudnn.benchmark = True
     return Runtime(device, amp_dtype, channels_last, _workers(config, on_cuda))
+
+
+def cuda_autocast_dtype() -> torch.dtype:
+    """bf16 where the GPU computes it natively (Ampere and later), else fp16.
+
+    `torch.cuda.is_bf16_supported()` alone is also True on T4 and V100, which only emulate bf16
+    (slowly); fp16 with a `GradScaler` is their fast path.
+    """
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
 
 
 def _workers(config: TrainConfig, on_cuda: bool) -> int:
