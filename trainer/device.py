@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import random
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from trainer.config import TrainConfig
+from trainer.cpus import cpu_count
 from trainer.errors import ConfigError
 
 
@@ -50,14 +50,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={requested!r} was asked for but CUDA is not available; use cpu.")
     return device
-
-
-def cpu_count() -> int:
-    """Cores this process may use (respects affinity masks set by schedulers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
 
 
 def resolve_runtime(config: TrainConfig) -> Runtime:

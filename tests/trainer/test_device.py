@@ -1,11 +1,16 @@
-"""Device choices: mixed precision picks bf16 only where the GPU runs it natively."""
+"""Device choices: bf16 only where the GPU runs it natively; core counts honour affinity."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
+from trainer import ensemble
+from trainer.cache import worker_count
 from trainer.config import TrainConfig
+from trainer.cpus import cpu_count
 from trainer.device import resolve_runtime
 
 
@@ -36,3 +41,13 @@ def test_native_bf16_is_used_where_the_gpu_has_it(monkeypatch):
 
 def test_no_mixed_precision_on_the_cpu():
     assert resolve_runtime(TrainConfig(device="cpu", num_workers=0)).amp_dtype is None
+
+
+def test_every_core_count_honours_the_affinity_mask(monkeypatch):
+    # A scheduler (taskset, Slurm, a container) lets this process use 3 of the machine's 64 cores.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert cpu_count() == 3
+    assert worker_count(None, tasks=1000) == 3
+    assert worker_count(-2, tasks=1000) == 2
+    assert ensemble._decode_threads() == 3
