@@ -208,10 +208,10 @@ def _train_epoch(
         total += loss.detach() * len(y)
         count, pending = count + len(y), pending + 1
         if pending == config.grad_accum:
-            _step(fold, config)
+            _step(fold, config, pending)
             pending = 0
     if pending:
-        _step(fold, config)
+        _step(fold, config, pending)
     mean_loss = total.item() / max(count, 1)
     if not math.isfinite(mean_loss):
         raise Diverged(f"training loss became {mean_loss} in epoch {epoch + 1}")
@@ -225,9 +225,11 @@ def _backward(fold: _Fold, loss: torch.Tensor) -> None:
         fold.scaler.scale(loss).backward()
 
 
-def _step(fold: _Fold, config: TrainConfig) -> None:
+def _step(fold: _Fold, config: TrainConfig, batches: int) -> None:
     if fold.scaler is not None:
         fold.scaler.unscale_(fold.optimizer)
+    if batches != config.grad_accum:
+        _average_over(fold.model, batches, config.grad_accum)
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(fold.model.parameters(), config.grad_clip)
     if fold.scaler is None:
@@ -237,6 +239,15 @@ def _step(fold: _Fold, config: TrainConfig) -> None:
         fold.scaler.update()
     fold.optimizer.zero_grad(set_to_none=True)
     fold.schedule.after_step()
+
+
+def _average_over(model: torch.nn.Module, batches: int, grad_accum: int) -> None:
+    """Turn gradients summed as ``loss / grad_accum`` into the mean over ``batches`` batches."""
+    # Each batch's loss is divided by grad_accum before the group's size is known; the last
+    # group of an epoch can be shorter, and without this its step would be too small.
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            parameter.grad.mul_(grad_accum / batches)
 
 
 @torch.inference_mode()

@@ -12,11 +12,12 @@ import torch
 from trainer import loop
 from trainer.cache import cached_images
 from trainer.config import TrainConfig
-from trainer.device import pick_device, resolve_runtime
+from trainer.device import Runtime, pick_device, resolve_runtime
 from trainer.errors import ConfigError
 from trainer.loader import EpochBatches, TrainLoader, stats_tensors
 from trainer.loop import Diverged, Split, fit, predict_probs
 from trainer.models import build_model, normalization
+from trainer.optim import build_schedule
 from trainer.sources import load_table
 
 
@@ -108,6 +109,49 @@ def test_gradient_accumulation_matches_one_big_batch(digits):
     accumulated = fit(base.replace(batch_size=32, grad_accum=2), digits, split)
     for key, value in big.state_dict.items():
         torch.testing.assert_close(accumulated.state_dict[key], value, atol=2e-5, rtol=1e-4)
+
+
+def test_a_last_partial_accumulation_group_is_averaged_over_its_own_batches():
+    # 3 batches with grad_accum=2: one step on the mean of batches 0 and 1, then one on batch 2
+    # alone, which must count fully (not be halved as if a second batch were missing).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 3, 3))
+    start = [p.detach().clone() for p in model.parameters()]
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        (
+            torch.randint(0, 256, (4, 4, 4, 3), dtype=torch.uint8, generator=generator),
+            torch.randint(0, 3, (4,), generator=generator),
+        )
+        for _ in range(3)
+    ]
+    config = TrainConfig(grad_accum=2, scheduler="none", device="cpu", num_workers=0)
+    runtime = Runtime(torch.device("cpu"), None, False, 0)
+    mean, std = stats_tensors((0.5,) * 3, (0.25,) * 3, runtime.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    criterion = torch.nn.CrossEntropyLoss()
+    fold = loop._Fold(
+        model, criterion, optimizer, build_schedule(config, optimizer, 2), None, mean, std
+    )
+    loop._train_epoch(fold, batches, runtime, config, 0)
+
+    expected = [p.clone().requires_grad_() for p in start]
+
+    def group_loss(group):
+        losses = []
+        for pixels, labels in group:
+            x = (pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std
+            logits = x.flatten(1) @ expected[0].T + expected[1]
+            losses.append(criterion(logits, labels))
+        return sum(losses) / len(losses)
+
+    for group in (batches[:2], batches[2:]):
+        grads = torch.autograd.grad(group_loss(group), expected)
+        with torch.no_grad():
+            for value, grad in zip(expected, grads, strict=True):
+                value -= 0.5 * grad
+    for trained, value in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(trained.detach(), value.detach(), atol=1e-6, rtol=1e-5)
 
 
 def test_gradient_clipping_and_step_schedule_run(digits):
