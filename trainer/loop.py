@@ -81,7 +81,10 @@ class FoldResult:
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite; the message says in which epoch."""
+    """The training loss or the validation predictions became NaN or infinite.
+
+    The message says which and in which epoch.
+    """
 
 
 @dataclass
@@ -112,7 +115,7 @@ def fit(
         callbacks: Called after every epoch with its metrics; any non-None return stops the fold.
 
     Raises:
-        Diverged: If the training loss is not finite.
+        Diverged: If the training loss or the validation probabilities are not finite.
     """
     started = time.perf_counter()
     runtime = resolve_runtime(config)
@@ -126,6 +129,7 @@ def fit(
         tick = time.perf_counter()
         train_loss = _train_epoch(fold, loader.epoch(epoch), runtime, config, epoch)
         probs = predict_probs(fold.model, data.images, split.val, runtime, fold.mean, fold.std)
+        _check_finite(probs, epoch)
         row = _measure(config, split, data, epoch, train_loss, probs, fold, tick)
         fold.schedule.after_epoch(row.val_loss)
         history.append(row)
@@ -276,6 +280,13 @@ def predict_probs(
             logits = model(x)
         outputs.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(outputs).numpy()
+
+
+def _check_finite(probs: np.ndarray, epoch: int) -> None:
+    # A model can train with a finite loss and still predict NaN in eval mode (running BatchNorm
+    # statistics, fp16 overflow); that is divergence too, and is reported as training's is.
+    if not np.isfinite(probs).all():
+        raise Diverged(f"validation probabilities became NaN in epoch {epoch + 1}")
 
 
 def _measure(

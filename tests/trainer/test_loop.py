@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -170,6 +171,20 @@ def test_non_finite_loss_raises_diverged(digits, monkeypatch):
     monkeypatch.setattr(loop, "build_loss", lambda config, counts: NanLoss())
     config = TrainConfig(backbone="test_vit", epochs=2)
     with pytest.raises(Diverged, match="epoch 1"):
+        fit(config, digits, split_of(len(digits), train=128, val=64))
+
+
+def test_non_finite_validation_probabilities_raise_diverged(digits, monkeypatch):
+    # Training stays finite; only evaluation (eval mode) produces NaN, as a broken BatchNorm
+    # running statistic does. It must prune the trial like a NaN training loss, not fail it.
+    def nan_when_evaluating(config, num_classes):
+        model = build_model(config, num_classes)
+        model.register_forward_hook(lambda m, args, out: out if m.training else out * math.nan)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", nan_when_evaluating)
+    config = TrainConfig(backbone="test_vit", epochs=2, metric="log_loss")
+    with pytest.raises(Diverged, match="validation probabilities became NaN in epoch 1"):
         fit(config, digits, split_of(len(digits), train=128, val=64))
 
 
