@@ -155,11 +155,35 @@ def test_a_last_partial_accumulation_group_is_averaged_over_its_own_batches():
         torch.testing.assert_close(trained.detach(), value.detach(), atol=1e-6, rtol=1e-5)
 
 
-def test_gradient_clipping_and_step_schedule_run(digits):
-    config = TrainConfig(
-        backbone="test_vit", epochs=2, grad_clip=0.5, scheduler="step", step_size=1, lr=1e-3
-    )
-    result = fit(config, digits, split_of(len(digits), train=256, val=64))
+def _fit_watching_norms(monkeypatch, config, data, split):
+    """`fit`, and the global gradient norm its optimizer saw at each step (after clipping)."""
+    norms: list[float] = []
+    real_build = loop.build_optimizer
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        norms.append(torch.nn.utils.get_total_norm([g for g in grads if g is not None]).item())
+
+    def build_and_watch(config, params):
+        optimizer = real_build(config, params)
+        optimizer.register_step_pre_hook(record)
+        return optimizer
+
+    monkeypatch.setattr(loop, "build_optimizer", build_and_watch)
+    try:
+        return fit(config, data, split), norms
+    finally:
+        monkeypatch.setattr(loop, "build_optimizer", real_build)
+
+
+def test_gradient_clipping_bounds_the_norm_and_step_schedule_decays(digits, monkeypatch):
+    split = split_of(len(digits), train=256, val=64)
+    config = TrainConfig(backbone="test_vit", epochs=2, scheduler="step", step_size=1, lr=1e-3)
+    _, unclipped = _fit_watching_norms(monkeypatch, config, digits, split)
+    result, clipped = _fit_watching_norms(monkeypatch, config.replace(grad_clip=0.5), digits, split)
+    assert len(clipped) == len(unclipped) == 8
+    assert min(unclipped) > 0.5  # so clipping had something to do at every step
+    assert clipped == pytest.approx([0.5] * 8, rel=1e-4)
     assert result.history[1].lr == pytest.approx(1e-4)
 
 
@@ -204,14 +228,25 @@ def test_batches_do_not_depend_on_worker_count(digits):
     assert all(torch.equal(a, b) for a, b in zip(inline, worker, strict=True))
 
 
-def test_device_is_picked_automatically_and_checked():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available() and torch.backends.mps.is_available():
-        expected = "mps"
-    assert pick_device().type == expected
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
-            pick_device("cuda")
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_device_is_picked_automatically(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device() == torch.device(expected)
+
+
+def test_a_requested_device_is_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        pick_device("cuda")
+    with pytest.raises(ConfigError, match="not a device name"):
+        pick_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
 
 
 def test_trainer_imports_neither_optuna_nor_mlflow():
