@@ -49,7 +49,8 @@ from bench.photos import make_photos
 from trainer.cache import CachedImages
 from trainer.config import TrainConfig
 from trainer.device import resolve_runtime, seed_everything
-from trainer.loop import Split, _prepare, _train_epoch
+from trainer.loop import _prepare, _train_epoch
+from trainer.types import Split
 
 MODELS = ("resnet18", "resnet50", "efficientnet_b0", "convnext_tiny")
 STUDY_RESERVE_S = 150.0  # kept free for part 2 while part 1 runs

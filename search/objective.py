@@ -18,8 +18,9 @@ from search.spacefile import Space
 from trainer.cache import CachedImages, cached_images
 from trainer.config import TrainConfig
 from trainer.device import release_memory
-from trainer.loop import Diverged, EpochMetrics, FoldResult, Split, fit
+from trainer.loop import fit
 from trainer.sources import ImageTable
+from trainer.types import Diverged, EpochMetrics, FoldResult, Split
 
 
 @dataclass

@@ -16,10 +16,11 @@ from trainer.config import TrainConfig
 from trainer.device import Runtime, pick_device, resolve_runtime
 from trainer.errors import ConfigError
 from trainer.loader import EpochBatches, TrainLoader, stats_tensors
-from trainer.loop import Diverged, Split, fit, predict_probs
+from trainer.loop import fit, predict_probs
 from trainer.models import build_model, normalization
 from trainer.optim import build_schedule
 from trainer.sources import load_table
+from trainer.types import Diverged, Split
 
 
 @pytest.fixture(scope="module")
