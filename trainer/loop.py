@@ -1,7 +1,8 @@
 """`fit`: one `TrainConfig` and one fold split in, one trained fold model and its metrics out.
 
-The loop only trains, evaluates and calls hooks. Pruning, tracking and progress live in
-callbacks: plain callables that receive each epoch's metrics and may return a reason to stop.
+The loop only trains, evaluates and calls hooks. Pruning, tracking and progress live in hooks:
+`trainer.types.FitHook` objects told before the fold, after every epoch (where any of them may
+return a reason to stop the fold) and after the fold.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from trainer.loader import EpochBatches, TrainLoader, eval_batches, stats_tensor
 from trainer.losses import build_loss
 from trainer.models import build_model, normalization, trainable_parameters
 from trainer.optim import build_optimizer, build_schedule
-from trainer.types import Callback, Diverged, EpochMetrics, FoldResult, Split
+from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
 
 
 @dataclass
@@ -44,7 +45,7 @@ def fit(
     config: TrainConfig,
     data: CachedImages,
     split: Split,
-    callbacks: Sequence[Callback] = (),
+    hooks: Sequence[FitHook] = (),
 ) -> FoldResult:
     """Train one fold and return the weights and predictions of its best epoch.
 
@@ -52,11 +53,14 @@ def fit(
         config: Everything that decides how the model is trained.
         data: Cached images and labels of the whole dataset.
         split: Which indices to train and validate on.
-        callbacks: Called after every epoch with its metrics; any non-None return stops the fold.
+        hooks: Told before the fold, after every epoch (any reason returned stops the fold)
+            and after the fold, in this order.
 
     Raises:
         Diverged: If the training loss or the validation probabilities are not finite.
     """
+    for hook in hooks:
+        hook.before_fold(split)
     started = time.perf_counter()
     runtime = resolve_runtime(config)
     seed_everything(config.seed * 1000 + split.fold)
@@ -75,16 +79,17 @@ def fit(
         history.append(row)
         if best is None or metrics.is_better(config.metric, row.score, best[0]):
             best = (row.score, epoch, _cpu_copy(fold.model), probs)
-        stop_reason = _callbacks_say_stop(callbacks, row) or _patience_says_stop(
-            config, epoch, best[1]
-        )
+        stop_reason = _hooks_say_stop(hooks, row) or _patience_says_stop(config, epoch, best[1])
         if stop_reason:
             break
     score, best_epoch, state, probs = best
     seconds = time.perf_counter() - started
-    return FoldResult(
+    result = FoldResult(
         split.fold, score, best_epoch, tuple(history), split.val, probs, state, seconds, stop_reason
     )
+    for hook in hooks:
+        hook.after_fold(result)
+    return result
 
 
 def _prepare(config: TrainConfig, data: CachedImages, split: Split, runtime: Runtime) -> _Fold:
@@ -258,9 +263,9 @@ def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _callbacks_say_stop(callbacks: Sequence[Callback], row: EpochMetrics) -> str | None:
-    # Every callback sees every epoch (tracking must log the epoch that triggers a stop).
-    reasons = [callback(row) for callback in callbacks]
+def _hooks_say_stop(hooks: Sequence[FitHook], row: EpochMetrics) -> str | None:
+    # Every hook sees every epoch (tracking must log the epoch that triggers a stop).
+    reasons = [hook.after_epoch(row) for hook in hooks]
     return next((reason for reason in reasons if reason), None)
 
 

@@ -1,4 +1,5 @@
-"""The trainer's shared types: a fold split, an epoch's metrics, a fold's result, divergence.
+"""The trainer's shared types: a fold split, an epoch's metrics, a fold's result, divergence,
+and `FitHook`, through which `trainer.fit` tells the study side what it does.
 
 They live apart from the training loop so that fold splitting and the study side can use them
 without importing the loop (and everything it imports).
@@ -6,7 +7,6 @@ without importing the loop (and everything it imports).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -43,10 +43,6 @@ class EpochMetrics:
         return values
 
 
-# A callback returns None to go on, or a short reason to stop the fold now.
-Callback = Callable[[EpochMetrics], str | None]
-
-
 @dataclass(frozen=True)
 class FoldResult:
     """A trained fold: its best epoch's weights, score and out-of-fold probabilities."""
@@ -72,3 +68,25 @@ class Diverged(RuntimeError):
 
     The message says which and in which epoch.
     """
+
+
+class FitHook:
+    """Told by `trainer.fit` about one fold as it trains; subclasses override what they need.
+
+    Every hook of a fit sees every call, in order: a hook that asks to stop does not hide that
+    epoch from the hooks after it (tracking must log the epoch that stopped the fold).
+    """
+
+    def before_fold(self, split: Split) -> None:
+        """Called once, before the fold's first epoch."""
+
+    def after_epoch(self, row: EpochMetrics) -> str | None:
+        """Called after every epoch with its metrics.
+
+        Returns:
+            A short reason to stop the fold now, or None to go on.
+        """
+        return None
+
+    def after_fold(self, result: FoldResult) -> None:
+        """Called once with the fold's result (not when the fold raised, e.g. `Diverged`)."""

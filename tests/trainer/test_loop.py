@@ -1,4 +1,4 @@
-"""`fit`: it learns, keeps the best epoch, calls back, stops, repeats, and accumulates."""
+"""`fit`: it learns, keeps the best epoch, calls its hooks, stops, repeats, and accumulates."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from trainer.loop import fit, predict_probs
 from trainer.models import build_model, normalization
 from trainer.optim import build_schedule
 from trainer.sources import load_table
-from trainer.types import Diverged, Split
+from trainer.types import Diverged, FitHook, Split
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +66,33 @@ def test_result_holds_best_epoch_weights_and_out_of_fold_probabilities(digits):
     }
 
 
-def test_callbacks_see_every_epoch_and_can_stop_the_fold(digits):
-    seen_a, seen_b = [], []
+def test_hooks_see_the_fold_and_every_epoch_and_can_stop_the_fold(digits):
+    class StopAfterSecond(FitHook):
+        def __init__(self):
+            self.calls = []
 
-    def stop_after_second(row):
-        seen_a.append(row.epoch)
-        return "enough" if row.epoch == 1 else None
+        def after_epoch(self, row):
+            self.calls.append(("epoch", row.epoch))
+            return "enough" if row.epoch == 1 else None
 
-    def watch(row):
-        seen_b.append((row.fold, row.epoch))
+    class Watch(FitHook):
+        def __init__(self):
+            self.calls = []
 
+        def before_fold(self, split):
+            self.calls.append(("before", split.fold))
+
+        def after_epoch(self, row):
+            self.calls.append(("epoch", row.fold, row.epoch))
+
+        def after_fold(self, result):
+            self.calls.append(("after", result.stop_reason, result.epochs_run))
+
+    stopper, watch = StopAfterSecond(), Watch()
     config = TrainConfig(backbone="test_vit", epochs=5, augment="none")
-    result = fit(
-        config, digits, split_of(len(digits), train=256, val=64), [stop_after_second, watch]
-    )
-    assert seen_a == [0, 1] and seen_b == [(0, 0), (0, 1)]
+    result = fit(config, digits, split_of(len(digits), train=256, val=64), [stopper, watch])
+    assert stopper.calls == [("epoch", 0), ("epoch", 1)]
+    assert watch.calls == [("before", 0), ("epoch", 0, 0), ("epoch", 0, 1), ("after", "enough", 2)]
     assert result.stop_reason == "enough" and result.epochs_run == 2
 
 
