@@ -49,10 +49,11 @@ from trainer.cache import CachedImages, cached_images
 from trainer.config import TrainConfig
 from trainer.device import Runtime, resolve_runtime, seed_everything
 from trainer.loader import EpochBatches, TrainLoader, stats_tensors, to_model_input
-from trainer.loop import Split, _prepare, _train_epoch, _train_loader
+from trainer.loop import _prepare, _train_epoch, _train_loader
 from trainer.models import build_model, normalization
 from trainer.optim import build_optimizer
 from trainer.sources import load_table
+from trainer.types import Split
 
 GOAL = 1.10
 FLOOR = "memory (pre-normalised tensors)"

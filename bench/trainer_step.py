@@ -33,9 +33,10 @@ from trainer.cache import CachedImages, cached_images
 from trainer.config import TrainConfig
 from trainer.device import resolve_runtime, seed_everything
 from trainer.loader import to_model_input
-from trainer.loop import Split, _prepare, _train_epoch
+from trainer.loop import _prepare, _train_epoch
 from trainer.optim import build_optimizer
 from trainer.sources import load_table
+from trainer.types import Split
 
 GOAL = 1.05
 Batches = list[tuple[torch.Tensor, torch.Tensor]]

@@ -16,23 +16,19 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
+from trainer.cpus import cpu_count
 from trainer.errors import DataError
 from trainer.images import decode_image, resize_array, unreadable_reason
 from trainer.sources import ImageTable
-
-try:
-    import fcntl
-except ImportError:  # Windows: builds may race, but the atomic rename still keeps files whole.
-    fcntl = None
 
 FORMAT_VERSION = 1
 _CHUNK_MIN, _CHUNK_MAX = 16, 256
@@ -122,7 +118,7 @@ def cached_images(
     images, decoded = _load(target, shape), 0
     if images is None:
         _make_folder(folder)
-        with _locked(target.with_suffix(".lock")):
+        with FileLock(target.with_suffix(".lock")):
             images = _load(target, shape)  # another process may have built it while we waited
             if images is None:
                 _build(table, size, target, n_jobs=n_jobs, progress=progress)
@@ -170,21 +166,6 @@ def _make_folder(folder: Path) -> None:
         ) from exc
 
 
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (a kept, empty file) for the block."""
-    if fcntl is None:
-        yield
-        return
-    # The lock file is never deleted: unlinking it could let two processes lock different inodes.
-    with open(lock_path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 # --- building ----------------------------------------------------------------------------------
 
 
@@ -228,7 +209,7 @@ def _fill(
     table: ImageTable, size: int, path: Path, *, n_jobs: int | None, progress: bool
 ) -> list[Failure]:
     """Decode every sample into ``path`` in parallel chunks; return the unreadable ones."""
-    step = min(max(math.ceil(len(table) / (usable_cores() * 8)), _CHUNK_MIN), _CHUNK_MAX)
+    step = min(max(math.ceil(len(table) / (cpu_count() * 8)), _CHUNK_MIN), _CHUNK_MAX)
     starts = range(0, len(table), step)
     # In-memory images are cheap to resize, and a few hundred files decode faster than worker
     # processes start: both stay in this process.
@@ -296,13 +277,6 @@ def _failure_message(table: ImageTable, failures: list[Failure]) -> str:
     )
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(len(os.sched_getaffinity(0)), 1)  # honours taskset and scheduler CPU masks
-    return os.cpu_count() or 1
-
-
 def worker_count(n_jobs: int | None, *, tasks: int) -> int:
     """Processes to use for ``tasks`` pieces of work.
 
@@ -313,7 +287,7 @@ def worker_count(n_jobs: int | None, *, tasks: int) -> int:
     Returns:
         A count from 1 to ``tasks``.
     """
-    cores = usable_cores()
+    cores = cpu_count()
     wanted = cores if n_jobs is None else n_jobs
     if wanted < 0:
         wanted = cores + 1 + wanted

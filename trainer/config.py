@@ -118,12 +118,6 @@ def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-def choices_of(name: str) -> tuple[Any, ...] | None:
-    """The allowed values of a `Literal` field, or None for free-valued fields."""
-    hint = _LITERALS.get(name)
-    return None if hint is None else get_args(hint)
-
-
 _LITERALS: dict[str, Any] = {
     "finetune": Finetune,
     "optimizer": Optimizer,

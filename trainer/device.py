@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import random
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from trainer.config import TrainConfig
+from trainer.cpus import cpu_count
 from trainer.errors import ConfigError
 
 
@@ -52,14 +52,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     return device
 
 
-def cpu_count() -> int:
-    """Cores this process may use (respects affinity masks set by schedulers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
 def resolve_runtime(config: TrainConfig) -> Runtime:
     """Fill in the device, mixed precision, memory format and loader workers of ``config``."""
     device = pick_device(config.device)
@@ -67,14 +59,22 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
         torch.set_num_threads(config.threads)
     on_cuda = device.type == "cuda"
     amp = on_cuda if config.amp is None else config.amp and on_cuda
-    amp_dtype = None
-    if amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = cuda_autocast_dtype() if amp else None
     channels_last = on_cuda if config.channels_last is None else config.channels_last
     if on_cuda:
         # Shapes are fixed within a fold, so cuDNN's autotuning pays for itself after a step.
         torch.backends.cudnn.benchmark = True
     return Runtime(device, amp_dtype, channels_last, _workers(config, on_cuda))
+
+
+def cuda_autocast_dtype() -> torch.dtype:
+    """bf16 where the GPU computes it natively (Ampere and later), else fp16.
+
+    `torch.cuda.is_bf16_supported()` alone is also True on T4 and V100, which only emulate bf16
+    (slowly); fp16 with a `GradScaler` is their fast path.
+    """
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
 
 
 def _workers(config: TrainConfig, on_cuda: bool) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from trainer.augment import View, tta_views
 from trainer.config import TrainConfig
+from trainer.cpus import cpu_count
 from trainer.device import pick_device
 from trainer.errors import DataError, UserError
 from trainer.images import decode_image, resize_array, to_rgb, unreadable_reason
@@ -481,4 +481,4 @@ def _decode(path: Path, sizes: Sequence[int]) -> list[np.ndarray] | str:
 
 def _decode_threads() -> int:
     # Pillow releases the GIL while decoding and resizing, so threads overlap file reads.
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, cpu_count()))

@@ -2,8 +2,9 @@
 
 Every mode Pillow can open ends up as 8-bit RGB: greyscale and palette images are expanded,
 transparency is composited on white, CMYK is converted, and 16-bit or float images are scaled
-(never clipped) into 0..255. The whole image is squashed to ``size x size``; nothing is cropped,
-so an object near the border is never cut off.
+(never clipped) into 0..255; 16-bit ones by the smallest bit depth (8, 10, 12, 14 or 16) that
+holds their brightest pixel, so 12-bit data keeps every grey level. The whole image is squashed
+to ``size x size``; nothing is cropped, so an object near the border is never cut off.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _REDUCING_GAP = 3.0
 _FILTER = Image.Resampling.BICUBIC
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_BIT_DEPTHS = (8, 10, 12, 14, 16)
 # Pillow's plugins signal a bad file with many exception types, not only OSError.
 DECODE_ERRORS = (
     OSError,
@@ -93,7 +95,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Map 16-bit, 32-bit or float pixels onto 0..255 without clipping."""
+    """Map 16-bit, 32-bit or float pixels onto 0..255 without clipping.
+
+    Floats within 0..1 are scaled by 255. Other values within 0..65535 are scaled by the full
+    range of the smallest bit depth b in {8, 10, 12, 14, 16} with ``max <= 2**b - 1``: 12-bit
+    sensor data (0..4095) stored in a 16-bit file keeps all 256 grey levels instead of 17, and
+    4095 becomes 255. Anything else (negative, or above 65535) is stretched from min to max.
+    """
     is_float = values.dtype.kind == "f"
     values = values.astype(np.float64)
     finite = values[np.isfinite(values)]
@@ -101,11 +109,17 @@ def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
     if is_float and low >= 0 and high <= 1.0:
         scale, offset = 255.0, 0.0  # floats stored as 0..1
     elif low >= 0 and high <= 65535:
-        scale, offset = 255.0 / 65535.0, 0.0  # 16-bit range, the usual case
+        scale, offset = 255.0 / _full_scale(high), 0.0  # 8- to 16-bit data, the usual case
     else:
         scale, offset = 255.0 / max(high - low, 1e-12), low  # anything else: stretch
     scaled = (np.nan_to_num(values, nan=offset) - offset) * scale
     return np.rint(scaled).clip(0, 255).astype(np.uint8)
+
+
+def _full_scale(high: float) -> int:
+    """Largest value of the smallest usual bit depth that holds ``high`` (at most 16 bits)."""
+    # A file does not say how many of its 16 bits the sensor filled; the brightest pixel does.
+    return next(2**bits - 1 for bits in _BIT_DEPTHS if high <= 2**bits - 1)
 
 
 def _square(img: Image.Image, size: int) -> np.ndarray:

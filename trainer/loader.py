@@ -7,7 +7,9 @@ device. A worker produces whole batches (not items) so that no per-item collatio
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -19,6 +21,34 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 def batch_seed(seed: int, epoch: int, batch: int) -> int:
     """A per-batch augmentation seed that does not depend on which worker draws the batch."""
     return int(np.random.SeedSequence([seed, epoch, batch]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class _MemmapRecipe:
+    """How to reopen a memory-mapped ``.npy`` read-only: what a pickled memmap carries here."""
+
+    path: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+    order: str
+
+    @classmethod
+    def of(cls, images: np.ndarray) -> _MemmapRecipe | None:
+        """The recipe for a whole memory-mapped file, else None (then the pixels travel)."""
+        # A slice of a memmap is a memmap too, but its offset attribute is its parent's; only an
+        # array that maps the file itself (its base is the mmap) can be reopened from the recipe.
+        whole = isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap)
+        if not whole or images.filename is None:
+            return None
+        order = "F" if images.flags.f_contiguous and not images.flags.c_contiguous else "C"
+        return cls(images.filename, images.dtype, images.shape, images.offset, order)
+
+    def open(self) -> np.memmap:
+        """The same pixels, mapped again read-only."""
+        return np.memmap(
+            self.path, self.dtype, mode="r", offset=self.offset, shape=self.shape, order=self.order
+        )
 
 
 class EpochBatches(Dataset):
@@ -46,6 +76,20 @@ class EpochBatches(Dataset):
 
     def __len__(self) -> int:
         return self.num_batches
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling a memmap copies every pixel, so each spawn or forkserver worker would receive
+        # the whole image cache; a mapped file travels as its path and reopens in the worker.
+        state = {**self.__dict__, "_order": None}
+        recipe = _MemmapRecipe.of(self.images)
+        if recipe is not None:
+            state["images"] = recipe
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["images"], _MemmapRecipe):
+            state = {**state, "images": state["images"].open()}
+        self.__dict__.update(state)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:

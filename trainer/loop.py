@@ -1,16 +1,17 @@
 """`fit`: one `TrainConfig` and one fold split in, one trained fold model and its metrics out.
 
-The loop only trains, evaluates and calls hooks. Pruning, tracking and progress live in
-callbacks: plain callables that receive each epoch's metrics and may return a reason to stop.
+The loop only trains, evaluates and calls hooks. Pruning, tracking and progress live in hooks:
+`trainer.types.FitHook` objects told before the fold, after every epoch (where any of them may
+return a reason to stop the fold) and after the fold.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,64 +25,7 @@ from trainer.loader import EpochBatches, TrainLoader, eval_batches, stats_tensor
 from trainer.losses import build_loss
 from trainer.models import build_model, normalization, trainable_parameters
 from trainer.optim import build_optimizer, build_schedule
-
-
-@dataclass(frozen=True)
-class Split:
-    """One fold: indices into the dataset to train on and to validate on."""
-
-    fold: int
-    train: np.ndarray
-    val: np.ndarray
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    """What one epoch of one fold measured; ``score`` is the config's metric."""
-
-    fold: int
-    epoch: int
-    train_loss: float
-    val_loss: float
-    accuracy: float
-    f1_macro: float
-    lr: float
-    score: float
-    seconds: float
-
-    def scalars(self) -> dict[str, float]:
-        """The measured values by name, without fold and epoch."""
-        values = asdict(self)
-        del values["fold"], values["epoch"]
-        return values
-
-
-# A callback returns None to go on, or a short reason to stop the fold now.
-Callback = Callable[[EpochMetrics], str | None]
-
-
-@dataclass(frozen=True)
-class FoldResult:
-    """A trained fold: its best epoch's weights, score and out-of-fold probabilities."""
-
-    fold: int
-    score: float
-    best_epoch: int
-    history: tuple[EpochMetrics, ...]
-    val_indices: np.ndarray
-    val_probs: np.ndarray
-    state_dict: dict[str, torch.Tensor]
-    seconds: float
-    stop_reason: str | None
-
-    @property
-    def epochs_run(self) -> int:
-        """Epochs actually trained (fewer than configured when stopped early)."""
-        return len(self.history)
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite; the message says in which epoch."""
+from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
 
 
 @dataclass
@@ -101,7 +45,7 @@ def fit(
     config: TrainConfig,
     data: CachedImages,
     split: Split,
-    callbacks: Sequence[Callback] = (),
+    hooks: Sequence[FitHook] = (),
 ) -> FoldResult:
     """Train one fold and return the weights and predictions of its best epoch.
 
@@ -109,11 +53,14 @@ def fit(
         config: Everything that decides how the model is trained.
         data: Cached images and labels of the whole dataset.
         split: Which indices to train and validate on.
-        callbacks: Called after every epoch with its metrics; any non-None return stops the fold.
+        hooks: Told before the fold, after every epoch (any reason returned stops the fold)
+            and after the fold, in this order.
 
     Raises:
-        Diverged: If the training loss is not finite.
+        Diverged: If the training loss or the validation probabilities are not finite.
     """
+    for hook in hooks:
+        hook.before_fold(split)
     started = time.perf_counter()
     runtime = resolve_runtime(config)
     seed_everything(config.seed * 1000 + split.fold)
@@ -126,21 +73,23 @@ def fit(
         tick = time.perf_counter()
         train_loss = _train_epoch(fold, loader.epoch(epoch), runtime, config, epoch)
         probs = predict_probs(fold.model, data.images, split.val, runtime, fold.mean, fold.std)
+        _check_finite(probs, epoch)
         row = _measure(config, split, data, epoch, train_loss, probs, fold, tick)
         fold.schedule.after_epoch(row.val_loss)
         history.append(row)
         if best is None or metrics.is_better(config.metric, row.score, best[0]):
             best = (row.score, epoch, _cpu_copy(fold.model), probs)
-        stop_reason = _callbacks_say_stop(callbacks, row) or _patience_says_stop(
-            config, epoch, best[1]
-        )
+        stop_reason = _hooks_say_stop(hooks, row) or _patience_says_stop(config, epoch, best[1])
         if stop_reason:
             break
     score, best_epoch, state, probs = best
     seconds = time.perf_counter() - started
-    return FoldResult(
+    result = FoldResult(
         split.fold, score, best_epoch, tuple(history), split.val, probs, state, seconds, stop_reason
     )
+    for hook in hooks:
+        hook.after_fold(result)
+    return result
 
 
 def _prepare(config: TrainConfig, data: CachedImages, split: Split, runtime: Runtime) -> _Fold:
@@ -208,10 +157,10 @@ def _train_epoch(
         total += loss.detach() * len(y)
         count, pending = count + len(y), pending + 1
         if pending == config.grad_accum:
-            _step(fold, config)
+            _step(fold, config, pending)
             pending = 0
     if pending:
-        _step(fold, config)
+        _step(fold, config, pending)
     mean_loss = total.item() / max(count, 1)
     if not math.isfinite(mean_loss):
         raise Diverged(f"training loss became {mean_loss} in epoch {epoch + 1}")
@@ -225,9 +174,11 @@ def _backward(fold: _Fold, loss: torch.Tensor) -> None:
         fold.scaler.scale(loss).backward()
 
 
-def _step(fold: _Fold, config: TrainConfig) -> None:
+def _step(fold: _Fold, config: TrainConfig, batches: int) -> None:
     if fold.scaler is not None:
         fold.scaler.unscale_(fold.optimizer)
+    if batches != config.grad_accum:
+        _average_over(fold.model, batches, config.grad_accum)
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(fold.model.parameters(), config.grad_clip)
     if fold.scaler is None:
@@ -237,6 +188,15 @@ def _step(fold: _Fold, config: TrainConfig) -> None:
         fold.scaler.update()
     fold.optimizer.zero_grad(set_to_none=True)
     fold.schedule.after_step()
+
+
+def _average_over(model: torch.nn.Module, batches: int, grad_accum: int) -> None:
+    """Turn gradients summed as ``loss / grad_accum`` into the mean over ``batches`` batches."""
+    # Each batch's loss is divided by grad_accum before the group's size is known; the last
+    # group of an epoch can be shorter, and without this its step would be too small.
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            parameter.grad.mul_(grad_accum / batches)
 
 
 @torch.inference_mode()
@@ -265,6 +225,13 @@ def predict_probs(
             logits = model(x)
         outputs.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(outputs).numpy()
+
+
+def _check_finite(probs: np.ndarray, epoch: int) -> None:
+    # A model can train with a finite loss and still predict NaN in eval mode (running BatchNorm
+    # statistics, fp16 overflow); that is divergence too, and is reported as training's is.
+    if not np.isfinite(probs).all():
+        raise Diverged(f"validation probabilities became NaN in epoch {epoch + 1}")
 
 
 def _measure(
@@ -296,9 +263,9 @@ def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _callbacks_say_stop(callbacks: Sequence[Callback], row: EpochMetrics) -> str | None:
-    # Every callback sees every epoch (tracking must log the epoch that triggers a stop).
-    reasons = [callback(row) for callback in callbacks]
+def _hooks_say_stop(hooks: Sequence[FitHook], row: EpochMetrics) -> str | None:
+    # Every hook sees every epoch (tracking must log the epoch that triggers a stop).
+    reasons = [hook.after_epoch(row) for hook in hooks]
     return next((reason for reason in reasons if reason), None)
 
 

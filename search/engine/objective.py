@@ -16,18 +16,19 @@ from search.study.pruning import epoch_step, explain_epoch_prune, explain_fold_p
 from trainer.cache import CachedImages
 from trainer.config import TrainConfig
 from trainer.device import release_memory
-from trainer.loop import Diverged, EpochMetrics, FoldResult, Split, fit
+from trainer.loop import fit
+from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
 
 
-class _EpochPruning:
-    """A `fit` callback: reports each epoch's score and stops the fold when the pruner says so."""
+class _EpochPruning(FitHook):
+    """A `fit` hook: reports each epoch's score and stops the fold when the pruner says so."""
 
     def __init__(self, trial: optuna.Trial, fold: int, hooks: Hooks) -> None:
         self.trial, self.fold, self.hooks = trial, fold, hooks
         self.reason: str | None = None
         self.best: float | None = None
 
-    def __call__(self, row: EpochMetrics) -> str | None:
+    def after_epoch(self, row: EpochMetrics) -> str | None:
         self.hooks.epoch_ended(self.trial, row)
         if not math.isfinite(row.score):
             return None

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from trainer.config import TrainConfig
-    from trainer.loop import EpochMetrics, FoldResult
+    from trainer.types import EpochMetrics, FoldResult
 
 
 class Progress(Hooks):

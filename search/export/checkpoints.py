@@ -36,7 +36,7 @@ from search.hooks import Hooks
 if TYPE_CHECKING:
     from search.context import StudyRun
     from trainer.config import TrainConfig
-    from trainer.loop import FoldResult
+    from trainer.types import FoldResult
 
 # Trials whose folder must stay whatever their value: they may still finish well.
 _ALIVE = (TrialState.RUNNING, TrialState.WAITING)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from search.study.caches import record_use
 from trainer.cache import CachedImages, cached_images
-from trainer.loop import Split
 from trainer.sources import ImageTable
+from trainer.types import Split
 
 
 @dataclass

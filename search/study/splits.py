@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from trainer.errors import DataError
-from trainer.loop import Split
+from trainer.types import Split
 
 HOLDOUT = -1
 

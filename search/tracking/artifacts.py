@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from search.context import StudyRun
     from trainer.config import TrainConfig
-    from trainer.loop import EpochMetrics, FoldResult
+    from trainer.types import EpochMetrics, FoldResult
 
 KIND, STUDY, KEY, FOLD = "hpo.kind", "hpo.study", "hpo.study_key", "hpo.fold"
 NUMBER, STATE = "optuna.trial_number", "optuna.state"

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from search.context import StudyRun
     from trainer.config import TrainConfig
-    from trainer.loop import EpochMetrics, FoldResult
+    from trainer.types import EpochMetrics, FoldResult
 
 STUDY_RUN_ATTR = "hpo.mlflow_run_id"
 TRIAL_RUN_ATTR = "mlflow_run_id"

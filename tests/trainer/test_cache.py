@@ -16,6 +16,7 @@ import pytest
 import trainer
 import trainer.cache as cache
 from trainer.cache import CachedImages, cache_dir, cached_images, worker_count
+from trainer.cpus import cpu_count
 from trainer.errors import DataError
 from trainer.images import decode_image, resize_array
 from trainer.sources import load_table
@@ -136,7 +137,7 @@ def test_parallel_build_equals_serial(image_folder: Path, tmp_path: Path) -> Non
 
 
 def test_worker_count_follows_joblib_convention() -> None:
-    cores = cache.usable_cores()
+    cores = cpu_count()
 
     assert worker_count(None, tasks=1000) == cores
     assert worker_count(-1, tasks=1000) == cores

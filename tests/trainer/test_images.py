@@ -133,6 +133,29 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     assert np.array_equal(out[..., 0], out[..., 2])
 
 
+def test_12_bit_png_is_scaled_by_its_bit_depth(tmp_path: Path) -> None:
+    # A 12-bit sensor saved as 16-bit PNG: scaled by 65535 it would keep only 17 grey levels.
+    values = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    path = _save(Image.fromarray(values), tmp_path / "twelve.png")
+    assert Image.open(path).mode.startswith("I;16")
+
+    out = decode_image(path, 64)[..., 0]
+
+    assert len(np.unique(out)) == 256
+    assert out.flat[0] == 0 and out.flat[4095] == 255
+    assert out.flat[2048] == 128  # 2048 / 4095 * 255 = 127.5, rounded
+
+
+@pytest.mark.parametrize(("high", "expected"), [(255, 255), (1023, 255), (1024, 64), (16383, 255)])
+def test_the_smallest_bit_depth_that_holds_the_maximum_sets_the_scale(
+    tmp_path: Path, high: int, expected: int
+) -> None:
+    values = np.zeros((8, 8), np.uint16)
+    values[:, 4:] = high
+    out = decode_image(_save(Image.fromarray(values), tmp_path / "deep.png"), 8)
+    assert out[0, 0, 0] == 0 and out[0, 7, 0] == expected
+
+
 def test_32_bit_integer_out_of_16_bit_range_is_stretched(tmp_path: Path) -> None:
     values = np.zeros((40, 40), np.int32)
     values[:, 20:] = 1_000_000

@@ -1,7 +1,8 @@
-"""`fit`: it learns, keeps the best epoch, calls back, stops, repeats, and accumulates."""
+"""`fit`: it learns, keeps the best epoch, calls its hooks, stops, repeats, and accumulates."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -12,12 +13,14 @@ import torch
 from trainer import loop
 from trainer.cache import cached_images
 from trainer.config import TrainConfig
-from trainer.device import pick_device, resolve_runtime
+from trainer.device import Runtime, pick_device, resolve_runtime
 from trainer.errors import ConfigError
 from trainer.loader import EpochBatches, TrainLoader, stats_tensors
-from trainer.loop import Diverged, Split, fit, predict_probs
+from trainer.loop import fit, predict_probs
 from trainer.models import build_model, normalization
+from trainer.optim import build_schedule
 from trainer.sources import load_table
+from trainer.types import Diverged, FitHook, Split
 
 
 @pytest.fixture(scope="module")
@@ -63,21 +66,33 @@ def test_result_holds_best_epoch_weights_and_out_of_fold_probabilities(digits):
     }
 
 
-def test_callbacks_see_every_epoch_and_can_stop_the_fold(digits):
-    seen_a, seen_b = [], []
+def test_hooks_see_the_fold_and_every_epoch_and_can_stop_the_fold(digits):
+    class StopAfterSecond(FitHook):
+        def __init__(self):
+            self.calls = []
 
-    def stop_after_second(row):
-        seen_a.append(row.epoch)
-        return "enough" if row.epoch == 1 else None
+        def after_epoch(self, row):
+            self.calls.append(("epoch", row.epoch))
+            return "enough" if row.epoch == 1 else None
 
-    def watch(row):
-        seen_b.append((row.fold, row.epoch))
+    class Watch(FitHook):
+        def __init__(self):
+            self.calls = []
 
+        def before_fold(self, split):
+            self.calls.append(("before", split.fold))
+
+        def after_epoch(self, row):
+            self.calls.append(("epoch", row.fold, row.epoch))
+
+        def after_fold(self, result):
+            self.calls.append(("after", result.stop_reason, result.epochs_run))
+
+    stopper, watch = StopAfterSecond(), Watch()
     config = TrainConfig(backbone="test_vit", epochs=5, augment="none")
-    result = fit(
-        config, digits, split_of(len(digits), train=256, val=64), [stop_after_second, watch]
-    )
-    assert seen_a == [0, 1] and seen_b == [(0, 0), (0, 1)]
+    result = fit(config, digits, split_of(len(digits), train=256, val=64), [stopper, watch])
+    assert stopper.calls == [("epoch", 0), ("epoch", 1)]
+    assert watch.calls == [("before", 0), ("epoch", 0, 0), ("epoch", 0, 1), ("after", "enough", 2)]
     assert result.stop_reason == "enough" and result.epochs_run == 2
 
 
@@ -110,11 +125,78 @@ def test_gradient_accumulation_matches_one_big_batch(digits):
         torch.testing.assert_close(accumulated.state_dict[key], value, atol=2e-5, rtol=1e-4)
 
 
-def test_gradient_clipping_and_step_schedule_run(digits):
-    config = TrainConfig(
-        backbone="test_vit", epochs=2, grad_clip=0.5, scheduler="step", step_size=1, lr=1e-3
+def test_a_last_partial_accumulation_group_is_averaged_over_its_own_batches():
+    # 3 batches with grad_accum=2: one step on the mean of batches 0 and 1, then one on batch 2
+    # alone, which must count fully (not be halved as if a second batch were missing).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 3, 3))
+    start = [p.detach().clone() for p in model.parameters()]
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        (
+            torch.randint(0, 256, (4, 4, 4, 3), dtype=torch.uint8, generator=generator),
+            torch.randint(0, 3, (4,), generator=generator),
+        )
+        for _ in range(3)
+    ]
+    config = TrainConfig(grad_accum=2, scheduler="none", device="cpu", num_workers=0)
+    runtime = Runtime(torch.device("cpu"), None, False, 0)
+    mean, std = stats_tensors((0.5,) * 3, (0.25,) * 3, runtime.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    criterion = torch.nn.CrossEntropyLoss()
+    fold = loop._Fold(
+        model, criterion, optimizer, build_schedule(config, optimizer, 2), None, mean, std
     )
-    result = fit(config, digits, split_of(len(digits), train=256, val=64))
+    loop._train_epoch(fold, batches, runtime, config, 0)
+
+    expected = [p.clone().requires_grad_() for p in start]
+
+    def group_loss(group):
+        losses = []
+        for pixels, labels in group:
+            x = (pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std
+            logits = x.flatten(1) @ expected[0].T + expected[1]
+            losses.append(criterion(logits, labels))
+        return sum(losses) / len(losses)
+
+    for group in (batches[:2], batches[2:]):
+        grads = torch.autograd.grad(group_loss(group), expected)
+        with torch.no_grad():
+            for value, grad in zip(expected, grads, strict=True):
+                value -= 0.5 * grad
+    for trained, value in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(trained.detach(), value.detach(), atol=1e-6, rtol=1e-5)
+
+
+def _fit_watching_norms(monkeypatch, config, data, split):
+    """`fit`, and the global gradient norm its optimizer saw at each step (after clipping)."""
+    norms: list[float] = []
+    real_build = loop.build_optimizer
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        norms.append(torch.nn.utils.get_total_norm([g for g in grads if g is not None]).item())
+
+    def build_and_watch(config, params):
+        optimizer = real_build(config, params)
+        optimizer.register_step_pre_hook(record)
+        return optimizer
+
+    monkeypatch.setattr(loop, "build_optimizer", build_and_watch)
+    try:
+        return fit(config, data, split), norms
+    finally:
+        monkeypatch.setattr(loop, "build_optimizer", real_build)
+
+
+def test_gradient_clipping_bounds_the_norm_and_step_schedule_decays(digits, monkeypatch):
+    split = split_of(len(digits), train=256, val=64)
+    config = TrainConfig(backbone="test_vit", epochs=2, scheduler="step", step_size=1, lr=1e-3)
+    _, unclipped = _fit_watching_norms(monkeypatch, config, digits, split)
+    result, clipped = _fit_watching_norms(monkeypatch, config.replace(grad_clip=0.5), digits, split)
+    assert len(clipped) == len(unclipped) == 8
+    assert min(unclipped) > 0.5  # so clipping had something to do at every step
+    assert clipped == pytest.approx([0.5] * 8, rel=1e-4)
     assert result.history[1].lr == pytest.approx(1e-4)
 
 
@@ -126,6 +208,20 @@ def test_non_finite_loss_raises_diverged(digits, monkeypatch):
     monkeypatch.setattr(loop, "build_loss", lambda config, counts: NanLoss())
     config = TrainConfig(backbone="test_vit", epochs=2)
     with pytest.raises(Diverged, match="epoch 1"):
+        fit(config, digits, split_of(len(digits), train=128, val=64))
+
+
+def test_non_finite_validation_probabilities_raise_diverged(digits, monkeypatch):
+    # Training stays finite; only evaluation (eval mode) produces NaN, as a broken BatchNorm
+    # running statistic does. It must prune the trial like a NaN training loss, not fail it.
+    def nan_when_evaluating(config, num_classes):
+        model = build_model(config, num_classes)
+        model.register_forward_hook(lambda m, args, out: out if m.training else out * math.nan)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", nan_when_evaluating)
+    config = TrainConfig(backbone="test_vit", epochs=2, metric="log_loss")
+    with pytest.raises(Diverged, match="validation probabilities became NaN in epoch 1"):
         fit(config, digits, split_of(len(digits), train=128, val=64))
 
 
@@ -145,14 +241,25 @@ def test_batches_do_not_depend_on_worker_count(digits):
     assert all(torch.equal(a, b) for a, b in zip(inline, worker, strict=True))
 
 
-def test_device_is_picked_automatically_and_checked():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available() and torch.backends.mps.is_available():
-        expected = "mps"
-    assert pick_device().type == expected
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
-            pick_device("cuda")
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_device_is_picked_automatically(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device() == torch.device(expected)
+
+
+def test_a_requested_device_is_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        pick_device("cuda")
+    with pytest.raises(ConfigError, match="not a device name"):
+        pick_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
 
 
 def test_trainer_imports_neither_optuna_nor_mlflow():

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from search.export import checkpoints
 from search.export.checkpoints import CheckpointHook, load_oof, oof_path, trial_dir, weights_path
 from trainer.config import TrainConfig
-from trainer.loop import FoldResult
+from trainer.types import FoldResult
 
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1], dtype=np.int64)
 FOLDS = 2
