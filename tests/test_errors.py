@@ -231,6 +231,11 @@ def test_e08_a_study_setting_searched(capsys):
     untouched(capsys, "E08", ["run", space_file("folds.py", text), "--study", "tiny"])
 
 
+def test_e42_metric_searched(capsys):
+    text = SPACE + 'from search.space import choice\nmetric = choice("log_loss", "accuracy")\n'
+    untouched(capsys, "E42", ["run", space_file("metric.py", text), "--study", "tiny"])
+
+
 def test_e09_override_without_equals(capsys):
     untouched(capsys, "E09", ["run", "tiny.py", "lr"])
 

@@ -27,6 +27,8 @@ from trainer.errors import ConfigError
 
 # TrainConfig fields that depend on the machine, not on the experiment.
 HARDWARE_FIELDS = ("device", "amp", "channels_last", "num_workers", "threads")
+# TrainConfig fields a study cannot search, and why: the metric sets the study's direction.
+FIXED_FIELDS = {"metric": "it decides whether the study maximises or minimises its score"}
 _HINTS = get_type_hints(TrainConfig)
 _DEFAULTS = TrainConfig().to_dict()
 
@@ -239,6 +241,12 @@ def _check_setting(name: str, value: Any, where: str) -> Any:
 
 
 def _check_field(name: str, value: Any, where: str) -> Any:
+    if isinstance(value, Searched) and name in FIXED_FIELDS:
+        example = f"{name} = {_DEFAULTS[name]!r}"
+        raise SpaceError(
+            f"{where}: '{name}' cannot be searched: {FIXED_FIELDS[name]}, so it is fixed for "
+            f"the whole study; give it one value, e.g. {example}."
+        )
     if isinstance(value, Searched) and _is_int(name) and not _int_distribution(value):
         raise SpaceError(f"{where}: {name} takes integers; search it with intrange() or choice().")
     candidates = value.values_to_check() if isinstance(value, Searched) else (value,)

@@ -208,3 +208,15 @@ def test_helpers_and_private_names_are_not_settings(tmp_path):
 def test_a_bad_distribution_is_named_by_its_parameter(tmp_path, body, expected):
     path = write(tmp_path, "folds = 3\n" + body)
     assert error_of(path) == f"{path}:3: {expected}"
+
+
+def test_a_searched_metric_is_refused_because_it_sets_the_direction(tmp_path):
+    # The study's direction (maximise f1/accuracy, minimise log_loss) comes from the metric:
+    # searched, the study would optimise every trial's score in one direction.
+    path = write(tmp_path, "epochs = 3\nmetric = choice('log_loss', 'accuracy')\n")
+    assert error_of(path) == (
+        f"{path}:3: 'metric' cannot be searched: it decides whether the study maximises or "
+        "minimises its score, so it is fixed for the whole study; give it one value, e.g. "
+        "metric = 'f1_macro'."
+    )
+    assert load_space(path, ["metric=log_loss"]).fixed["metric"] == "log_loss"
