@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from search.cli import cache, dashboard
-from search.cli.args import positive_float, positive_int
+from search.cli.args import ArgumentsError, Parser, positive_float, positive_int, with_fix
 from search.export import predict  # light modules: parsers only
 from search.export import study_export as export
 from search.tracking import ui
@@ -90,7 +90,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hpo", description="Hyperparameter search and cross-validation for image classifiers."
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -139,15 +139,9 @@ def _add_run(verbs: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the verb, and turn user errors into exit status 2."""
-    parser = build_parser()
-    # key=value overrides may come after flags, which argparse's positional parsing refuses.
-    args, extra = parser.parse_known_args(argv)
-    if extra and (args.verb != "run" or any(x.startswith("-") or "=" not in x for x in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
-    _quiet_libraries()
     try:
+        args = _parse(argv)
+        _quiet_libraries()
         return args.handler(args)
     except UserError as err:
         print(f"hpo: error: {err}", file=sys.stderr)
@@ -158,6 +152,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed arguments; `ArgumentsError` for a command line that does not parse."""
+    args, extra = build_parser().parse_known_args(argv)
+    # key=value overrides may come after flags, which argparse's positional parsing refuses.
+    if extra and (args.verb != "run" or any(x.startswith("-") or "=" not in x for x in extra)):
+        raise ArgumentsError(
+            with_fix(f"unrecognized arguments: {' '.join(extra)}", f"hpo {args.verb}")
+        )
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 if __name__ == "__main__":

@@ -70,35 +70,41 @@ _MISSING = object()
 
 def choice(*options: Any, when: Mapping[str, Any] | None = None) -> Searched:
     """One of ``options`` (None, bool, int, float or str): `CategoricalDistribution`."""
+    call = _call("choice", *options)
     if not options:
-        raise SpaceError("choice() needs at least one option, e.g. choice('a', 'b').")
+        raise SpaceError(f"{call}: needs at least one option; list them, e.g. choice('a', 'b').")
     for option in options:
         if not isinstance(option, _CHOICE_TYPES):
             raise SpaceError(
-                f"choice() option {option!r} is a {type(option).__name__}; options must be "
+                f"{call}: option {option!r} is a {type(option).__name__}; options must be "
                 "None, bool, int, float or str."
             )
     if len(set(map(repr, options))) != len(options):
-        raise SpaceError(f"choice{options!r} repeats an option; list each option once.")
-    return Searched(CategoricalDistribution(options), _conditions(when))
+        raise SpaceError(f"{call}: repeats an option; list each option once.")
+    return Searched(CategoricalDistribution(options), _conditions(call, when))
 
 
 def uniform(
     low: float, high: float, *, step: float | None = None, when: Mapping[str, Any] | None = None
 ) -> Searched:
     """A float in [low, high], optionally on a grid of ``step``: `FloatDistribution`."""
-    low, high = _bounds("uniform", low, high, numbers=(int, float))
+    call = _call("uniform", low, high, step=step)
+    low, high = _bounds(call, low, high, numbers=(int, float))
     if step is not None and not step > 0:
-        raise SpaceError(f"uniform(step={step!r}) must be positive.")
-    return Searched(FloatDistribution(low, high, step=step), _conditions(when))
+        raise SpaceError(f"{call}: step must be positive.")
+    return Searched(FloatDistribution(low, high, step=step), _conditions(call, when))
 
 
 def loguniform(low: float, high: float, *, when: Mapping[str, Any] | None = None) -> Searched:
     """A float in [low, high] sampled on a log scale: `FloatDistribution(log=True)`."""
-    low, high = _bounds("loguniform", low, high, numbers=(int, float))
+    call = _call("loguniform", low, high)
+    low, high = _bounds(call, low, high, numbers=(int, float))
     if low <= 0:
-        raise SpaceError(f"loguniform({low!r}, {high!r}) needs low > 0 (a log scale).")
-    return Searched(FloatDistribution(low, high, log=True), _conditions(when))
+        raise SpaceError(
+            f"{call}: low must be above 0 on a log scale; start the range above 0, or use "
+            "uniform()."
+        )
+    return Searched(FloatDistribution(low, high, log=True), _conditions(call, when))
 
 
 def intrange(
@@ -110,31 +116,42 @@ def intrange(
     when: Mapping[str, Any] | None = None,
 ) -> Searched:
     """An integer in [low, high] (both included): `IntDistribution`."""
-    low, high = _bounds("intrange", low, high, numbers=(int,))
+    call = _call("intrange", low, high, step=None if step == 1 else step, log=log or None)
+    low, high = _bounds(call, low, high, numbers=(int,))
     if not isinstance(step, int) or isinstance(step, bool) or step < 1:
-        raise SpaceError(f"intrange(step={step!r}) must be an integer of at least 1.")
+        raise SpaceError(f"{call}: step must be an integer of at least 1.")
     if log and (low < 1 or step != 1):
-        raise SpaceError(f"intrange({low!r}, {high!r}, log=True) needs low >= 1 and step=1.")
-    return Searched(IntDistribution(low, high, step=step, log=log), _conditions(when))
+        raise SpaceError(f"{call}: a log scale needs low >= 1 and step=1.")
+    return Searched(IntDistribution(low, high, step=step, log=log), _conditions(call, when))
 
 
-def _bounds(helper: str, low: Any, high: Any, *, numbers: tuple[type, ...]) -> tuple[Any, Any]:
+def _call(helper: str, *args: Any, **keywords: Any) -> str:
+    """How the call reads in the space file, e.g. ``uniform(0.9, 0.1)`` (for messages)."""
+    shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in keywords.items() if v is not None]
+    return f"{helper}({', '.join(shown)})"
+
+
+def _bounds(call: str, low: Any, high: Any, *, numbers: tuple[type, ...]) -> tuple[Any, Any]:
     kind = "integers" if numbers == (int,) else "numbers"
     for value in (low, high):
         if isinstance(value, bool) or not isinstance(value, numbers):
-            raise SpaceError(f"{helper}({low!r}, {high!r}): bounds must be {kind}.")
+            raise SpaceError(f"{call}: bounds must be {kind}.")
         if not math.isfinite(value):
-            raise SpaceError(f"{helper}({low!r}, {high!r}): bounds must be finite.")
-    if not low < high:
-        raise SpaceError(f"{helper}({low!r}, {high!r}) needs low < high; swap or widen them.")
+            raise SpaceError(f"{call}: bounds must be finite.")
+    if low > high:
+        raise SpaceError(f"{call}: low must be below high; swap them.")
+    if low == high:
+        raise SpaceError(
+            f"{call}: low must be below high; widen the range, or assign one value instead."
+        )
     return low, high
 
 
-def _conditions(when: Mapping[str, Any] | None) -> dict[str, tuple[Any, ...]]:
+def _conditions(call: str, when: Mapping[str, Any] | None) -> dict[str, tuple[Any, ...]]:
     if when is None:
         return {}
     if not isinstance(when, Mapping) or not all(isinstance(k, str) for k in when):
-        raise SpaceError(f"when={when!r} must be a dict such as when={{'loss': 'focal'}}.")
+        raise SpaceError(f"{call}: when={when!r} must be a dict such as when={{'loss': 'focal'}}.")
     return {
         name: tuple(value) if isinstance(value, list | tuple | set) else (value,)
         for name, value in when.items()

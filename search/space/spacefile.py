@@ -27,6 +27,8 @@ from trainer.errors import ConfigError
 
 # TrainConfig fields that depend on the machine, not on the experiment.
 HARDWARE_FIELDS = ("device", "amp", "channels_last", "num_workers", "threads")
+# TrainConfig fields a study cannot search, and why: the metric sets the study's direction.
+FIXED_FIELDS = {"metric": "it decides whether the study maximises or minimises its score"}
 _HINTS = get_type_hints(TrainConfig)
 _DEFAULTS = TrainConfig().to_dict()
 
@@ -125,10 +127,14 @@ def _run(path: Path) -> dict[str, Any]:
             f"{path}:{err.lineno}: syntax error: {err.msg}; correct that line (a space file is "
             "Python)."
         ) from None
+    except SpaceError as err:  # a helper such as uniform() refused its arguments
+        line, name = _assignment_at(path, _line_in(path, err))
+        message = str(err).rstrip(".")
+        # The helper cannot know the name it is assigned to; the user looks for that name.
+        named = f"{name} = {message}" if name else message
+        raise SpaceError(f"{path}:{line}: {named}.") from None
     except Exception as err:  # the file is user code: any error is the user's to fix
-        line = _line_in(path, err)
-        message = str(err).rstrip(".") if isinstance(err, SpaceError) else _describe(err)
-        raise SpaceError(f"{path}:{line}: {message}.") from None
+        raise SpaceError(f"{path}:{_line_in(path, err)}: {_describe(err)}.") from None
     return {
         name: value
         for name, value in namespace.items()
@@ -149,6 +155,16 @@ def _is_machinery(value: Any) -> bool:
 def _line_in(path: Path, err: BaseException) -> int:
     frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
     return frames[-1].lineno if frames else 1
+
+
+def _assignment_at(path: Path, line: int) -> tuple[int, str | None]:
+    """The first line and the name of the top-level ``name = helper(...)`` spanning ``line``."""
+    for node in ast.parse(path.read_text()).body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            target = node.targets[0] if isinstance(node, ast.Assign) else None
+            if isinstance(target, ast.Name) and isinstance(node.value, ast.Call):
+                return node.lineno, target.id
+    return line, None
 
 
 def _assignment_lines(path: Path) -> dict[str, int]:
@@ -225,6 +241,12 @@ def _check_setting(name: str, value: Any, where: str) -> Any:
 
 
 def _check_field(name: str, value: Any, where: str) -> Any:
+    if isinstance(value, Searched) and name in FIXED_FIELDS:
+        example = f"{name} = {_DEFAULTS[name]!r}"
+        raise SpaceError(
+            f"{where}: '{name}' cannot be searched: {FIXED_FIELDS[name]}, so it is fixed for "
+            f"the whole study; give it one value, e.g. {example}."
+        )
     if isinstance(value, Searched) and _is_int(name) and not _int_distribution(value):
         raise SpaceError(f"{where}: {name} takes integers; search it with intrange() or choice().")
     candidates = value.values_to_check() if isinstance(value, Searched) else (value,)

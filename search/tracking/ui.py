@@ -17,11 +17,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from trainer.errors import UserError
 
 _REMOTE = ("http://", "https://")
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _STARTUP_SECONDS = 120.0
 
 
@@ -53,16 +56,44 @@ def cmd_ui(args: argparse.Namespace) -> int:
     _check_store(uri)
     _check_port(args.host, args.port)
     studies = _experiments(uri, args.study)  # an unknown study fails before anything starts
-    server = start_server(uri, host=args.host, port=args.port)
     try:
-        print(f"MLflow UI for {uri} (Ctrl-C to stop):")
-        _print_addresses(f"http://{_visible_host(args.host)}:{args.port}", studies)
-        server.wait()
+        with _stop_signals_interrupt():
+            _serve(uri, args.host, args.port, studies)
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _serve(uri: str, host: str, port: int, studies: list[tuple[str, str]]) -> None:
+    """Run the server until it exits or we are interrupted; it never outlives this call."""
+    server = start_server(uri, host=host, port=port)
+    try:
+        print(f"MLflow UI for {uri} (Ctrl-C to stop):")
+        _print_addresses(f"http://{_visible_host(host)}:{port}", studies)
+        server.wait()
     finally:
         stop_server(server)
-    return 0
+
+
+@contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `KeyboardInterrupt`, so the server is stopped as on Ctrl-C.
+
+    The server runs in its own session (Ctrl-C reaches only hpo), so a supervisor, `timeout`,
+    `kill` or a closed terminal that ended hpo at once would leave it serving on the port.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        for sig in _STOP_SIGNALS:  # a second signal must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _point_at_server(uri: str, study: str | None) -> int:
@@ -135,15 +166,25 @@ def start_server(
     )
     if log:
         out.close()
+    try:
+        _wait_until_it_answers(server, store, host=host, port=port, timeout=timeout)
+    except BaseException:  # also KeyboardInterrupt: a server that never answered is stopped too
+        stop_server(server)
+        raise
+    return server
+
+
+def _wait_until_it_answers(
+    server: subprocess.Popen, store: str, *, host: str, port: int, timeout: float
+) -> None:
     health = f"http://{_visible_host(host)}:{port}/health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise UiError(f"mlflow server for {store} exited with status {server.returncode}.")
         if _answers(health):
-            return server
+            return
         time.sleep(0.5)
-    stop_server(server)
     raise UiError(f"mlflow server for {store} did not answer on port {port} in {timeout:.0f} s.")
 
 

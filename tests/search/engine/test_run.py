@@ -167,6 +167,15 @@ def test_cli_data_reports_classes_sizes_groups_and_unreadable_files(tmp_path, ca
     (folder / "dog" / "broken.jpg").write_bytes(b"not an image")
     assert main(["data", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert "6 images in 2 classes" in out
+    assert "6 images in 2 classes\n" in out  # a folder has no groups
     assert "cat" in out and "dog" in out and "16" in out  # the 16x16 image size
+    assert "dog/broken.jpg" in out
+    # The same images listed in a CSV with a group column (e.g. the person in each picture).
+    files = sorted(p.relative_to(folder) for p in folder.rglob("*.*"))
+    groups = ["ann", "ann", "bob", "cy", "cy", "dan"]
+    rows = [f"{f},{f.parent.name},{g}" for f, g in zip(files, groups, strict=True)]
+    (folder / "labels.csv").write_text("path,label,group\n" + "\n".join(rows) + "\n")
+    assert main(["data", str(folder / "labels.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "6 images in 2 classes, 4 groups\n" in out
     assert "dog/broken.jpg" in out

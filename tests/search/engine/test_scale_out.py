@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -36,13 +38,38 @@ def space(tmp_path) -> Path:
     return path
 
 
+def admin_connection(url: str) -> Any:
+    """An autocommit DB-API connection to ``url``, with whichever PostgreSQL driver is installed.
+
+    Raises:
+        ConnectionError: Saying what is missing: a driver, or a server answering at ``url``.
+    """
+    for module in ("psycopg", "psycopg2"):
+        try:
+            driver = importlib.import_module(module)
+        except ImportError:
+            continue
+        try:
+            connection = driver.connect(url, connect_timeout=5)
+        except driver.Error as err:
+            reason = str(err).strip().splitlines()[0]
+            raise ConnectionError(f"no PostgreSQL server answers at {url} ({reason})") from None
+        connection.autocommit = True
+        return connection
+    raise ConnectionError("no PostgreSQL driver is installed (pip install psycopg2-binary)")
+
+
 @pytest.fixture
 def database():
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
+    """A fresh PostgreSQL database for one test, dropped afterwards; a skip without a server."""
+    try:
+        admin = admin_connection(f"{POSTGRES}/postgres")
+    except ConnectionError as err:
+        pytest.skip(
+            f"{err}; start PostgreSQL there (bash .ci/postgres.sh starts a local cluster) or "
+            "set HPO_TEST_POSTGRES to a server's URL"
+        )
     name = f"hpo_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(f"{POSTGRES}/postgres")
-    admin.autocommit = True
     with admin.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE {name}")
     try:
@@ -152,3 +179,29 @@ def test_workers_flag_runs_processes_on_one_study_and_the_parent_exports(space, 
     assert len(logs) == 2
     assert all("trial" in log.read_text() for log in logs)  # both workers ran trials
     assert Path("studies/scale/export/manifest.json").exists()
+
+
+def test_without_a_postgres_server_the_postgres_tests_skip_and_say_what_is_missing():
+    """No server at HPO_TEST_POSTGRES: a skip that names the address and the fix, no error."""
+    env = {**os.environ, "HPO_TEST_POSTGRES": "postgresql://postgres@127.0.0.1:1"}
+    test = f"{Path(__file__)}::test_heartbeat_failover_on_postgres_retries_a_killed_workers_trial"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", test, "-q", "-rs", "-p", "no:cacheprovider"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "1 skipped" in done.stdout and "error" not in done.stdout.lower()
+    assert "no PostgreSQL server answers at postgresql://postgres@127.0.0.1:1" in done.stdout
+    assert "set HPO_TEST_POSTGRES" in done.stdout
+
+
+def test_ci_says_in_one_line_when_no_postgres_server_answers():
+    env = {**os.environ, "HPO_TEST_POSTGRES": "postgresql://postgres@127.0.0.1:1"}
+    script = Path(__file__).resolve().parents[3] / ".ci" / "postgres.sh"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0
+    (line,) = done.stdout.splitlines()
+    assert "no PostgreSQL server answers on 127.0.0.1:1" in line and "skipped" in line

@@ -117,14 +117,14 @@ def test_shipped_spaces_load():
     [
         ("lr_rate = 0.1\n", "unknown name 'lr_rate'; did you mean 'lr'"),
         ("epocs = 3\n", "did you mean 'epochs'"),
-        ("lr = loguniform(0.1, 0.01)\n", "needs low < high"),
-        ("lr = loguniform(0.0, 0.1)\n", "needs low > 0"),
+        ("lr = loguniform(0.1, 0.01)\n", "lr = loguniform(0.1, 0.01): low must be below high"),
+        ("lr = loguniform(0.0, 0.1)\n", "low must be above 0 on a log scale"),
         ("dropout = uniform(0.0, 1.5)\n", "dropout=1.5 must be in [0, 1)"),
         ("epochs = 2.5\n", "epochs=2.5 has the wrong type; it must be an integer"),
         ("epochs = uniform(1, 5)\n", "epochs takes integers; search it with intrange()"),
         ("loss = choice('ce', 'hinge')\n", "loss='hinge' is not allowed"),
-        ("batch_size = choice()\n", "choice() needs at least one option"),
-        ("lr = uniform('a', 1.0)\n", "bounds must be numbers"),
+        ("batch_size = choice()\n", "batch_size = choice(): needs at least one option"),
+        ("lr = uniform('a', 1.0)\n", "lr = uniform('a', 1.0): bounds must be numbers"),
         ("folds = choice(3, 5)\n", "'folds' cannot be searched"),
         ("folds = 1\n", "folds=1 must be an integer of at least 2"),
         ("sampler = 'bayes'\n", "sampler='bayes' must be one of tpe, random"),
@@ -176,3 +176,47 @@ def test_bad_override_is_named(tmp_path):
 def test_helpers_and_private_names_are_not_settings(tmp_path):
     path = write(tmp_path, "import math\n_base = 1e-3\ndef helper():\n    return 1\nlr = _base\n")
     assert load_space(path).fixed == {"lr": 1e-3}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "dropout = uniform(0.9, 0.1)\n",
+            "dropout = uniform(0.9, 0.1): low must be below high; swap them.",
+        ),
+        (
+            "lr = loguniform(0, 1)\n",
+            "lr = loguniform(0, 1): low must be above 0 on a log scale; start the range above 0, "
+            "or use uniform().",
+        ),
+        (
+            "dropout = uniform(0.2, 0.2)\n",
+            "dropout = uniform(0.2, 0.2): low must be below high; widen the range, or assign "
+            "one value instead.",
+        ),
+        (
+            "epochs = intrange(1, 9, step=0)\n",
+            "epochs = intrange(1, 9, step=0): step must be an integer of at least 1.",
+        ),
+        (
+            "batch_size = choice(\n    16,\n    16,\n)\n",
+            "batch_size = choice(16, 16): repeats an option; list each option once.",
+        ),
+    ],
+)
+def test_a_bad_distribution_is_named_by_its_parameter(tmp_path, body, expected):
+    path = write(tmp_path, "folds = 3\n" + body)
+    assert error_of(path) == f"{path}:3: {expected}"
+
+
+def test_a_searched_metric_is_refused_because_it_sets_the_direction(tmp_path):
+    # The study's direction (maximise f1/accuracy, minimise log_loss) comes from the metric:
+    # searched, the study would optimise every trial's score in one direction.
+    path = write(tmp_path, "epochs = 3\nmetric = choice('log_loss', 'accuracy')\n")
+    assert error_of(path) == (
+        f"{path}:3: 'metric' cannot be searched: it decides whether the study maximises or "
+        "minimises its score, so it is fixed for the whole study; give it one value, e.g. "
+        "metric = 'f1_macro'."
+    )
+    assert load_space(path, ["metric=log_loss"]).fixed["metric"] == "log_loss"

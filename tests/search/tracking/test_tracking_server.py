@@ -4,6 +4,7 @@ server that dies or hangs mid-study costs the study nothing but its tracking."""
 from __future__ import annotations
 
 import io
+import os
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,3 +203,53 @@ def test_hpo_ui_with_a_tracking_server_only_prints_its_address(monkeypatch):
     assert ui.returncode == 0
     assert output.startswith("MLflow tracking server: http://127.0.0.1:")
     assert "could not list its studies" in output  # nobody listens there
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _answers_on(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_hpo_ui_stopped_by_a_supervisor_stops_its_server_too(stop):
+    """`kill`, `timeout` or a closed terminal stop `hpo ui` and its MLflow server, like Ctrl-C."""
+    prepare_mlflow()
+    mlflow.MlflowClient().search_experiments()  # creates ./mlflow.db
+    port = free_port()
+    command = [sys.executable, "-u", "-m", "search.cli", "ui", "--port", str(port)]
+    ui = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    servers: list[int] = []
+    try:
+        assert ui.stdout.readline().startswith("MLflow UI for")  # printed once it answers
+        servers = _children(ui.pid)
+        assert servers and _answers_on(port)
+        ui.send_signal(stop)
+        ui.wait(60)
+        deadline = time.monotonic() + 5
+        while _answers_on(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _answers_on(port), f"the MLflow server still answers on {port} after {stop!r}"
+        assert ui.returncode == 0
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+        for server in servers:  # what a failed stop left behind
+            with suppress(ProcessLookupError):
+                os.killpg(server, signal.SIGKILL)
