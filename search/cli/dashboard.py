@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 
+from search.tracking.ui import check_port, serve_until_stopped, stop_server
 from trainer.errors import UserError
 
 _START_SECONDS = 60.0
@@ -37,7 +38,6 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Start optuna-dashboard, print the study's address, wait for Ctrl-C or SIGTERM."""
     from search.study.storage import StudyPlace, load_hpo_study, redact_url
-    from search.tracking.ui import check_port, serve_until_stopped
 
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise DashboardError(
@@ -73,15 +73,22 @@ def start_dashboard(storage_url: str, *, host: str, port: int) -> subprocess.Pop
         stdout=subprocess.DEVNULL,
         start_new_session=True,  # its own group: stopping it stops every process it started
     )
-    health = f"http://{host}:{port}/api/studies"
+    try:
+        _wait_until_it_answers(server, f"http://{host}:{port}/api/studies", port)
+    except BaseException:  # also Ctrl-C while it starts: it never outlives hpo
+        stop_server(server)
+        raise
+    return server
+
+
+def _wait_until_it_answers(server: subprocess.Popen, url: str, port: int) -> None:
     deadline = time.monotonic() + _START_SECONDS
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise DashboardError(f"optuna-dashboard exited with status {server.returncode}.")
-        if _answers(health):
-            return server
+        if _answers(url):
+            return
         time.sleep(0.3)
-    server.kill()
     raise DashboardError(f"optuna-dashboard did not answer on port {port} within a minute.")
 
 

@@ -54,25 +54,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith(_REMOTE):
         return _point_at_server(uri, args.study)
     _check_store(uri)
-    _check_port(args.host, args.port)
+    check_port(args.host, args.port)
     studies = _experiments(uri, args.study)  # an unknown study fails before anything starts
-    try:
-        with _stop_signals_interrupt():
-            _serve(uri, args.host, args.port, studies)
-    except KeyboardInterrupt:
-        pass
+    with _stop_signals_interrupt():
+        try:
+            server = start_server(uri, host=args.host, port=args.port)
+        except KeyboardInterrupt:
+            return 0  # start_server stops what it started
+        print(f"MLflow UI for {uri} (Ctrl-C to stop):")
+        _print_addresses(f"http://{_visible_host(args.host)}:{args.port}", studies)
+        serve_until_stopped(server)
     return 0
 
 
-def _serve(uri: str, host: str, port: int, studies: list[tuple[str, str]]) -> None:
-    """Run the server until it exits or we are interrupted; it never outlives this call."""
-    server = start_server(uri, host=host, port=port)
-    try:
-        print(f"MLflow UI for {uri} (Ctrl-C to stop):")
-        _print_addresses(f"http://{_visible_host(host)}:{port}", studies)
-        server.wait()
-    finally:
-        stop_server(server)
+def serve_until_stopped(server: subprocess.Popen) -> None:
+    """Wait until ``server`` exits, or Ctrl-C, SIGTERM or SIGHUP; it never outlives this call."""
+    with _stop_signals_interrupt():
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_server(server)
 
 
 @contextmanager
@@ -233,7 +236,7 @@ def _check_store(uri: str) -> None:
             )
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     with socket.socket() as probe:
         try:
             probe.bind((host, port))
