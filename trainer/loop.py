@@ -56,6 +56,10 @@ class EpochMetrics:
         return values
 
 
+# Images per evaluation batch unless the config says otherwise (no gradients are kept, so it can
+# be larger than a training batch).
+EVAL_BATCH_SIZE = 256
+
 # A callback returns None to go on, or a short reason to stop the fold now.
 Callback = Callable[[EpochMetrics], str | None]
 
@@ -125,7 +129,15 @@ def fit(
     for epoch in range(config.epochs):
         tick = time.perf_counter()
         train_loss = _train_epoch(fold, loader.epoch(epoch), runtime, config, epoch)
-        probs = predict_probs(fold.model, data.images, split.val, runtime, fold.mean, fold.std)
+        probs = predict_probs(
+            fold.model,
+            data.images,
+            split.val,
+            runtime,
+            fold.mean,
+            fold.std,
+            batch_size=config.eval_batch_size or EVAL_BATCH_SIZE,
+        )
         row = _measure(config, split, data, epoch, train_loss, probs, fold, tick)
         fold.schedule.after_epoch(row.val_loss)
         history.append(row)
@@ -248,7 +260,7 @@ def predict_probs(
     mean: torch.Tensor,
     std: torch.Tensor,
     *,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> np.ndarray:
     """Softmax probabilities (float32, rows in ``indices`` order) of un-augmented images."""
     model.eval()

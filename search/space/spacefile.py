@@ -26,7 +26,7 @@ from trainer.config import TrainConfig, field_names
 from trainer.errors import ConfigError
 
 # TrainConfig fields that depend on the machine, not on the experiment.
-HARDWARE_FIELDS = ("device", "amp", "channels_last", "num_workers", "threads")
+HARDWARE_FIELDS = ("device", "amp", "channels_last", "num_workers", "threads", "eval_batch_size")
 _HINTS = get_type_hints(TrainConfig)
 _DEFAULTS = TrainConfig().to_dict()
 
