@@ -51,6 +51,19 @@ def plan_devices(workers: int, gpus: Sequence[str] | None) -> list[dict[str, str
     return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}] * workers
 
 
+def pin_this_process(gpus: Sequence[str] | None) -> None:
+    """A run in this process sees only the GPU given with ``--gpus``, as a worker would.
+
+    Raises:
+        RuntimeError: If CUDA is already initialised (the device list can no longer change).
+    """
+    if not gpus:
+        return
+    if torch.cuda.is_initialized():
+        raise RuntimeError("pin_this_process must run before anything initialises CUDA")
+    os.environ.update(plan_devices(1, gpus)[0])
+
+
 def worker_command(
     request: RunRequest, current: StudyRun, index: int, env: dict[str, str]
 ) -> list[str]:

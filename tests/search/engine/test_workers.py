@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,3 +79,41 @@ def test_workers_stopped_by_the_space_files_timeout_still_export(space, capsys):
     err = capsys.readouterr().err
     assert "Stopped at --timeout" in err
     assert Path("studies/w/export/manifest.json").exists()
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """Where `hpo run` would go: (in this process or in workers, GPUs visible, GPU list)."""
+    from search.engine import run as run_module
+    from search.engine import workers
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # restored afterwards
+    calls = []
+
+    def run_here(request):
+        calls.append(("here", os.environ.get("CUDA_VISIBLE_DEVICES"), None))
+        return "done"
+
+    def run_workers(request, *, gpus=None):
+        calls.append((f"{request.workers} workers", os.environ.get("CUDA_VISIBLE_DEVICES"), gpus))
+        return "done"
+
+    monkeypatch.setattr(run_module, "run", run_here)
+    monkeypatch.setattr(workers, "run_workers", run_workers)
+    return calls
+
+
+def test_one_gpu_given_runs_in_this_process_on_that_gpu(runs):
+    assert main(["run", "w.py", "--gpus", "3"]) == 0
+    assert runs == [("here", "3", None)]
+
+
+def test_several_gpus_run_one_worker_each_and_no_gpus_leave_the_devices_alone(runs):
+    assert main(["run", "w.py", "--gpus", "1,2"]) == 0
+    assert main(["run", "w.py", "--gpus", "3", "--workers", "2"]) == 0
+    assert main(["run", "w.py"]) == 0
+    assert runs == [
+        ("2 workers", None, ["1", "2"]),
+        ("2 workers", None, ["3"]),
+        ("here", None, None),
+    ]
