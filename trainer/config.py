@@ -64,6 +64,8 @@ class TrainConfig:
         channels_last: Channels-last memory format; ``None`` means on for CUDA.
         num_workers: Loader worker processes; ``None`` picks from the device and core count.
         threads: Torch CPU threads; ``None`` keeps what the process has.
+        eval_batch_size: Images per evaluation batch; ``None`` means the trainer's default
+            (`trainer.loop.EVAL_BATCH_SIZE`). Halved when evaluation runs out of memory.
     """
 
     backbone: str = "test_resnet"
@@ -99,6 +101,7 @@ class TrainConfig:
     channels_last: bool | None = None
     num_workers: int | None = None
     threads: int | None = None
+    eval_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         for problem in _problems(self):
@@ -156,6 +159,8 @@ def _problems(config: TrainConfig) -> list[str]:
         problems.append(f"step_gamma={config.step_gamma!r} must be in (0, 1].")
     if config.grad_clip is not None and config.grad_clip <= 0:
         problems.append(f"grad_clip={config.grad_clip!r} must be positive, or None to disable.")
+    if config.eval_batch_size is not None and config.eval_batch_size < 1:
+        problems.append(f"eval_batch_size={config.eval_batch_size!r} must be at least 1, or None.")
     if config.patience is not None and config.patience < 1:
         problems.append(f"patience={config.patience!r} must be at least 1, or None to disable.")
     if not isinstance(config.pretrained, bool | str):

@@ -27,6 +27,10 @@ from trainer.models import build_model, normalization, trainable_parameters
 from trainer.optim import build_optimizer, build_schedule
 from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
 
+# Images per evaluation batch unless the config says otherwise (no gradients are kept, so it can
+# be larger than a training batch).
+EVAL_BATCH_SIZE = 256
+
 
 @dataclass
 class _Fold:
@@ -72,7 +76,15 @@ def fit(
     for epoch in range(config.epochs):
         tick = time.perf_counter()
         train_loss = _train_epoch(fold, loader.epoch(epoch), runtime, config, epoch)
-        probs = predict_probs(fold.model, data.images, split.val, runtime, fold.mean, fold.std)
+        probs = predict_probs(
+            fold.model,
+            data.images,
+            split.val,
+            runtime,
+            fold.mean,
+            fold.std,
+            batch_size=config.eval_batch_size or EVAL_BATCH_SIZE,
+        )
         _check_finite(probs, epoch)
         row = _measure(config, split, data, epoch, train_loss, probs, fold, tick)
         fold.schedule.after_epoch(row.val_loss)
@@ -208,7 +220,7 @@ def predict_probs(
     mean: torch.Tensor,
     std: torch.Tensor,
     *,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> np.ndarray:
     """Softmax probabilities (float32, rows in ``indices`` order) of un-augmented images."""
     model.eval()

@@ -62,6 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         outcome = run_workers(request, gpus=args.gpus)
     else:
+        from search.engine.workers import pin_this_process
+
+        pin_this_process(args.gpus)
         outcome = run(request)
     if outcome == "timeout":
         make_console().print("Stopped at --timeout; run the same command again to go on.")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 import time
+import traceback
 
 import optuna
 import torch
@@ -16,23 +18,31 @@ from search.study.pruning import epoch_step, explain_epoch_prune, explain_fold_p
 from trainer.cache import CachedImages
 from trainer.config import TrainConfig
 from trainer.device import release_memory
-from trainer.loop import fit
+from trainer.loop import EVAL_BATCH_SIZE, fit, predict_probs
 from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
 
 
 class _EpochPruning(FitHook):
-    """A `fit` hook: reports each epoch's score and stops the fold when the pruner says so."""
+    """A `fit` hook: reports each epoch's score and stops the fold when the pruner says so.
+
+    One instance serves every attempt at its fold. Optuna keeps the first value reported at a
+    step and ignores (with a warning) any later one, and the pruner has already judged those
+    epochs, so a fold retried after running out of memory reports only the epochs after the
+    last one an earlier attempt reported: the trial's curve is the first attempt's up to there,
+    then the retry's, each step reported once.
+    """
 
     def __init__(self, trial: optuna.Trial, fold: int, hooks: Hooks) -> None:
         self.trial, self.fold, self.hooks = trial, fold, hooks
         self.reason: str | None = None
-        self.best: float | None = None
+        self.reported = -1  # the last epoch reported to the trial
 
     def after_epoch(self, row: EpochMetrics) -> str | None:
         self.hooks.epoch_ended(self.trial, row)
-        if not math.isfinite(row.score):
+        if not math.isfinite(row.score) or row.epoch <= self.reported:
             return None
         self.trial.report(row.score, epoch_step(self.fold, row.epoch))
+        self.reported = row.epoch
         if self.trial.should_prune():
             self.reason = explain_epoch_prune(self.trial.study, self.fold, row.epoch, row.score)
             return "pruned"
@@ -91,24 +101,47 @@ def _fit_within_memory(
     split: Split,
     pruning: _EpochPruning,
 ) -> tuple[FoldResult, TrainConfig]:
-    """`fit`, retried with half the batch and twice the accumulation after out-of-memory.
+    """`fit`, retried with a smaller batch where it ran out of memory.
 
-    The effective batch (batch_size x grad_accum) stays the same, so the trial still tests the
-    hyperparameters it sampled; the smaller batch is kept for the trial's remaining folds.
+    Out of memory in training halves the batch and doubles the accumulation: the effective
+    batch (batch_size x grad_accum) stays the same, so the trial still tests the
+    hyperparameters it sampled. Out of memory in evaluation halves the evaluation batch only.
+    The smaller batch is kept for the trial's remaining folds.
+
+    Raises:
+        torch.OutOfMemoryError: When the batch that ran out of memory is already 1.
     """
     while True:
         try:
             return fit(config, images, split, [pruning]), config
-        except torch.OutOfMemoryError:
-            release_memory()
-            if config.batch_size < 2:
+        except torch.OutOfMemoryError as err:
+            smaller = _smaller_batch(config, in_evaluation=_raised_in_evaluation(err))
+            if smaller is None:
                 raise
-            config = config.replace(
-                batch_size=config.batch_size // 2, grad_accum=config.grad_accum * 2
-            )
-            retry = {"fold": split.fold, "batch_size": config.batch_size}
-            trial.set_user_attr("out_of_memory_retry", {**retry, "grad_accum": config.grad_accum})
-            trial.set_user_attr("config", config.to_dict())
+        # Only now, outside the handler, is the exception's traceback gone, and with it the
+        # frames that kept the failed attempt's model, optimizer state and activations alive.
+        release_memory()
+        config = smaller
+        retry = {"fold": split.fold, "batch_size": config.batch_size}
+        retry |= {"grad_accum": config.grad_accum, "eval_batch_size": config.eval_batch_size}
+        trial.set_user_attr("out_of_memory_retry", retry)
+        trial.set_user_attr("config", config.to_dict())
+
+
+def _raised_in_evaluation(err: BaseException) -> bool:
+    """Whether ``err`` was raised while `predict_probs` ran (evaluation, not training)."""
+    evaluation = inspect.unwrap(predict_probs).__code__
+    return any(frame.f_code is evaluation for frame, _ in traceback.walk_tb(err.__traceback__))
+
+
+def _smaller_batch(config: TrainConfig, *, in_evaluation: bool) -> TrainConfig | None:
+    """``config`` with the batch that ran out of memory halved; None when it is already 1."""
+    if in_evaluation:
+        current = config.eval_batch_size or EVAL_BATCH_SIZE
+        return config.replace(eval_batch_size=current // 2) if current > 1 else None
+    if config.batch_size < 2:
+        return None
+    return config.replace(batch_size=config.batch_size // 2, grad_accum=config.grad_accum * 2)
 
 
 def _record(trial: optuna.Trial, scores: list[float], epochs: int, started: float) -> None:

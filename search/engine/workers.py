@@ -52,6 +52,19 @@ def plan_devices(workers: int, gpus: Sequence[str] | None) -> list[dict[str, str
     return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}] * workers
 
 
+def pin_this_process(gpus: Sequence[str] | None) -> None:
+    """A run in this process sees only the GPU given with ``--gpus``, as a worker would.
+
+    Raises:
+        RuntimeError: If CUDA is already initialised (the device list can no longer change).
+    """
+    if not gpus:
+        return
+    if torch.cuda.is_initialized():
+        raise RuntimeError("pin_this_process must run before anything initialises CUDA")
+    os.environ.update(plan_devices(1, gpus)[0])
+
+
 def worker_command(
     request: RunRequest, current: StudyRun, index: int, env: dict[str, str]
 ) -> list[str]:
@@ -59,19 +72,16 @@ def worker_command(
     overrides = list(request.overrides)
     if "OMP_NUM_THREADS" in env:
         overrides.append(f"threads={env['OMP_NUM_THREADS']}")
-    return [
-        sys.executable,
-        "-m",
-        "search.cli",
-        "run",
-        request.space,
-        *overrides,
+    flags = [
         f"--trials={current.target}",
         f"--study={current.place.name}",
         f"--storage={current.place.storage_url}",
         f"--worker-index={index}",
         "--no-export",
     ]
+    if request.timeout is not None:
+        flags.append(f"--timeout={request.timeout}")
+    return [sys.executable, "-m", "search.cli", "run", request.space, *overrides, *flags]
 
 
 def start_workers(
@@ -139,13 +149,39 @@ def watch(current: StudyRun, workers: Sequence[Worker], *, every: float = 2.0) -
 
 def _outcome(current: StudyRun, workers: Sequence[Worker]) -> str:
     finished, _ = count_trials(current.study)
-    if finished >= current.target:
+    timeout = current.request.timeout or current.space.settings["timeout"]
+    codes = {w.index: w.process.returncode for w in workers}
+    timed, logs = timeout is not None, workers[0].log.parent
+    return outcome_of(finished, current.target, codes, timed=timed, logs=logs)
+
+
+def outcome_of(
+    finished: int, target: int, codes: dict[int, int], *, timed: bool, logs: Path
+) -> str:
+    """What the workers' run came to, once every worker has exited.
+
+    Args:
+        finished: Finished trials of the study now.
+        target: The study's target of finished trials.
+        codes: Each worker's exit status, by worker index.
+        timed: Whether the run had a timeout (``--timeout`` or the space file's ``timeout``).
+        logs: The folder of the workers' logs (named in the error).
+
+    Returns:
+        ``"done"`` at the target; ``"timeout"`` short of it when every worker exited cleanly
+        under a timeout (a worker returns short of the target only when its time is up).
+
+    Raises:
+        WorkersFailed: Short of the target otherwise.
+    """
+    if finished >= target:
         return "done"
-    codes = ", ".join(f"worker {w.index}: {w.process.returncode}" for w in workers)
+    if timed and all(code == 0 for code in codes.values()):
+        return "timeout"
+    statuses = ", ".join(f"worker {index}: {code}" for index, code in codes.items())
     raise WorkersFailed(
-        f"Every worker stopped with the study at {finished}/{current.target} trials ({codes}); "
-        f"read {workers[0].log.parent}/worker-*.log, fix the cause, and run the same command "
-        "again."
+        f"Every worker stopped with the study at {finished}/{target} trials ({statuses}); "
+        f"read {logs}/worker-*.log, fix the cause, and run the same command again."
     )
 
 

@@ -26,7 +26,7 @@ from trainer.config import TrainConfig, field_names
 from trainer.errors import ConfigError
 
 # TrainConfig fields that depend on the machine, not on the experiment.
-HARDWARE_FIELDS = ("device", "amp", "channels_last", "num_workers", "threads")
+HARDWARE_FIELDS = ("device", "amp", "channels_last", "num_workers", "threads", "eval_batch_size")
 # TrainConfig fields a study cannot search, and why: the metric sets the study's direction.
 FIXED_FIELDS = {"metric": "it decides whether the study maximises or minimises its score"}
 _HINTS = get_type_hints(TrainConfig)
