@@ -6,3 +6,6 @@ processes and by later versions of hpo, so each string is defined here and impor
 
 # Trial user attributes
 SURPLUS = "hpo.surplus"  # a trial started past the study's target; hidden from tables
+
+# Trial system attributes
+CREATE_TOKEN = "hpo.create_token"  # unique per created trial: a retried creation finds its trial

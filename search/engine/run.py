@@ -47,7 +47,8 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     place = StudyPlace.of(request.study or space.name, request.storage)
     table = load_table(space.settings["data"])
     heartbeat = request.heartbeat or space.settings["heartbeat"]
-    storage = open_storage(place.storage_url, heartbeat=heartbeat)
+    patience = space.settings["storage_patience"]
+    storage = open_storage(place.storage_url, heartbeat=heartbeat, patience=patience)
     check_study(storage, place, space, table)  # before decoding: a mismatch fails in seconds
     check_images(space, table, progress=request.progress)
     process_seed = _process_seed(request, space.config({}).seed)

@@ -10,6 +10,7 @@ Optuna's heartbeat.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -17,12 +18,14 @@ import warnings
 from dataclasses import dataclass
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from search.engine.objective import Objective
 from search.hooks import Hooks
 from search.keys import SURPLUS
+from search.study.resilient import StorageUnavailable
 from trainer.device import release_memory
 from trainer.errors import UserError
 
@@ -147,24 +150,54 @@ def run_trial(
         The stored trial, and the exception that must stop the study after the hooks have
         seen the trial: Ctrl-C, or a `UserError` (a problem only the user can fix).
     """
-    stop = None
     with Heartbeat(study._storage, trial._trial_id):
         try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-        except KeyboardInterrupt as err:
-            _fail(study, trial, "interrupted (Ctrl-C)", None)
-            stop = err
-        except UserError as err:
-            _fail(study, trial, str(err), None)
-            stop = err
-        except Exception as err:  # any other error fails this trial; the study goes on
-            _fail(study, trial, f"{type(err).__name__}: {err}", traceback.format_exc())
-        else:
-            study.tell(trial, value)
+            stop = _run_and_record(study, trial, objective)
+        except (UpdateFinishedTrialError, ValueError):
+            # Storing the outcome (or a report) failed because the trial is already finished:
+            # while the storage was away its heartbeat went stale, and another worker failed
+            # it and queued its parameters again. Nothing is lost; the study goes on.
+            if not _taken_over(study, trial):
+                raise
+            print(
+                f"Trial {trial.number} was failed by another worker while the study storage "
+                "was away (its heartbeat went stale); its parameters run again as a new trial.",
+                file=sys.stderr,
+                flush=True,
+            )
+            stop = None
     # Optuna exposes no public way to read one trial by id from a study.
     return study._storage.get_trial(trial._trial_id), stop
+
+
+def _run_and_record(
+    study: optuna.Study, trial: optuna.Trial, objective: Objective
+) -> BaseException | None:
+    """Run the objective and tell the storage how the trial ended; returns what must stop."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except KeyboardInterrupt as err:
+        _fail(study, trial, "interrupted (Ctrl-C)", None)
+        return err
+    except StorageUnavailable:
+        # Nothing can be recorded: the trial stays RUNNING until this process has exited and
+        # its heartbeat is stale; then the next run fails it and runs its parameters again.
+        raise
+    except UserError as err:
+        _fail(study, trial, str(err), None)
+        return err
+    except Exception as err:  # any other error fails this trial; the study goes on
+        _fail(study, trial, f"{type(err).__name__}: {err}", traceback.format_exc())
+    else:
+        study.tell(trial, value)
+    return None
+
+
+def _taken_over(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the storage holds ``trial`` as finished although this process never said so."""
+    return study._storage.get_trial(trial._trial_id).state.is_finished()
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, trace: str | None) -> None:

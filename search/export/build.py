@@ -323,7 +323,8 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def log_to_mlflow(result: ExportResult, study: optuna.Study, console: Console) -> ExportResult:
-    from search.export.mlflow_model import log_ensemble
+    """Log and register the export in MLflow; a failure costs one line, never the export."""
+    from search.export.mlflow_model import failure_line, log_ensemble
 
     try:
         uri = log_ensemble(
@@ -333,7 +334,8 @@ def log_to_mlflow(result: ExportResult, study: optuna.Study, console: Console) -
             metrics=flat_metrics(result.scores),
         )
     except Exception as err:  # the export on disk is complete; MLflow only holds a copy
-        console.print(f"[yellow]The export was not logged to MLflow: {err}[/yellow]")
+        line = failure_line(err, folder=result.folder, study=result.study)
+        console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
         return result
     console.print(f"MLflow model: {uri} (registered as '{result.study}')")
     return replace(result, model_uri=uri)

@@ -13,6 +13,7 @@ returns the same probabilities as `hpo predict`.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -32,6 +33,14 @@ import trainer
 from trainer.ensemble import Ensemble
 
 ARTIFACT = "export"
+# Network failures, as they appear inside MLflow's (multi-line) HTTP error texts.
+_SYMPTOMS = (
+    "Connection refused",
+    "Name or service not known",
+    "Read timed out",
+    "timed out",
+    "Max retries exceeded",
+)
 MODEL_NAME = "ensemble"
 _CODE = (
     "import mlflow\n"
@@ -159,6 +168,24 @@ def log_ensemble(
                 registered_model_name=study_name,
             )
     return f"models:/{study_name}/{info.registered_model_version}"
+
+
+def failure_line(err: BaseException, *, folder: Path, study: str) -> str:
+    """The one line that says the export was not logged, why, and what to do about it."""
+    return (
+        f"The export was not logged to MLflow at {mlflow.get_tracking_uri()} ({_gist(err)}); "
+        f"it is complete in {folder}: run `hpo export {study}` to log it once MLflow answers."
+    )
+
+
+def _gist(err: BaseException) -> str:
+    """What went wrong, in a few words: MLflow's own text for an HTTP failure runs to lines."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    status = re.search(r"error code (\d{3})", text)
+    if status:
+        return f"HTTP status {status.group(1)}"
+    gist = next((s.lower() for s in _SYMPTOMS if s.lower() in text.lower()), text)
+    return gist if len(gist) <= 160 else gist[:157] + "..."
 
 
 def _signature() -> ModelSignature:

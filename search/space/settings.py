@@ -84,6 +84,8 @@ SETTINGS: dict[str, Setting] = {
     "max_failures": Setting(5, _int_at_least(1), run_control=True),
     "tracking": Setting("mlflow", _one_of(TRACKING), run_control=True),
     "heartbeat": Setting(20, _int_at_least(1), run_control=True),
+    # How long a worker waits for a study database that went away before it stops.
+    "storage_patience": Setting(120, _positive, run_control=True),
     "top_k": Setting(1, _int_at_least(1), run_control=True),
     "tta": Setting("none", _one_of(TTA_MODES), run_control=True),
 }

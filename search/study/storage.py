@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from search.space.spacefile import Space
 from search.study.pruning import build_pruner
+from search.study.resilient import PATIENCE, ResilientStorage
 from search.study.samplers import build_sampler
 from search.study.splits import assign_folds
 from trainer import metrics
@@ -58,8 +59,13 @@ class StudyPlace:
         return self.folder / "export"
 
 
-def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True) -> RDBStorage:
+def open_storage(
+    url: str, *, heartbeat: int | None = None, create: bool = True, patience: float = PATIENCE
+) -> ResilientStorage:
     """An RDB storage with heartbeats: a trial whose process died is failed and retried.
+
+    Once open, every call waits up to ``patience`` seconds for a database that goes away (see
+    `search.study.resilient`); opening it does not wait, so a wrong URL fails at once.
 
     Raises:
         StudyError: If the URL is malformed or the database cannot be reached.
@@ -71,10 +77,13 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
         _make_folder(path.parent)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        # Several workers share one SQLite file: wait for locks instead of failing.
-        kwargs = {"connect_args": {"timeout": 120}}
+        # Several workers share one SQLite file: wait a while for locks; a lock held longer
+        # is waited out (up to ``patience``) with one line, like a database that went away.
+        kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
     elif url.startswith("postgresql"):
-        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+        # Pre-ping replaces connections a server restart closed; keepalives notice a server
+        # that vanished without closing them (a fail-over, a dead node).
+        kwargs = {"pool_pre_ping": True, "connect_args": _POSTGRES_CONNECT}
     beat = {}
     if heartbeat:
         beat = {
@@ -83,7 +92,7 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
             "heartbeat_stale_trial_callback": retry_stale_trial,
         }
     try:
-        return _connect(_with_driver(url), kwargs, beat)
+        backend = _connect(_with_driver(url), kwargs, beat)
     except ImportError as err:  # Optuna's wording hides which module is missing
         raise StudyError(
             f"The database driver for the study storage '{_redact(url)}' is not installed "
@@ -95,6 +104,7 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
             f"Cannot open the study storage '{_redact(url)}' ({_first_line(err)}); check the "
             "URL (e.g. postgresql://user@host:5432/db) and that the database server is running."
         ) from None
+    return ResilientStorage(backend, name=_redact(url), patience=patience)
 
 
 def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -111,6 +121,14 @@ def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 _RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2)
+SQLITE_BUSY_SECONDS = 10
+_POSTGRES_CONNECT = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 def _make_folder(folder: Path) -> None:
@@ -171,7 +189,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def open_study(
-    storage: RDBStorage,
+    storage: BaseStorage,
     place: StudyPlace,
     space: Space,
     table: ImageTable,
@@ -208,7 +226,7 @@ def open_study(
     return study
 
 
-def check_study(storage: RDBStorage, place: StudyPlace, space: Space, table: ImageTable) -> None:
+def check_study(storage: BaseStorage, place: StudyPlace, space: Space, table: ImageTable) -> None:
     """Before any work: the study can be created or resumed in ``storage`` as asked.
 
     Nothing is written to the study: a stored study must match ``space`` and ``table``, and
