@@ -8,7 +8,6 @@ the fold id of every sample.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import time
@@ -92,12 +91,12 @@ def open_storage(
             "heartbeat_stale_trial_callback": retry_stale_trial,
         }
     try:
-        backend = _connect(_with_driver(url), kwargs, beat)
+        backend = _connect(url, kwargs, beat)
     except ImportError as err:  # Optuna's wording hides which module is missing
         raise StudyError(
             f"The database driver for the study storage '{_redact(url)}' is not installed "
-            f"({_first_line(err.__cause__ or err)}); install it (pip install psycopg2-binary "
-            "for PostgreSQL) or pass another --storage URL."
+            f"({_first_line(err.__cause__ or err)}); install it (pip install 'hpo[postgres]', "
+            "i.e. psycopg 3, for PostgreSQL) or pass another --storage URL."
         ) from None
     except Exception as err:  # SQLAlchemy raises many kinds for bad URLs and dead servers
         raise StudyError(
@@ -142,19 +141,6 @@ def _make_folder(folder: Path) -> None:
         ) from None
 
 
-def _with_driver(url: str) -> str:
-    """``postgresql://`` with the driver that is installed.
-
-    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; hpo's extra installs psycopg2.
-    """
-    scheme, sep, rest = url.partition("://")
-    if scheme != "postgresql" or importlib.util.find_spec("psycopg") is not None:
-        return url
-    if importlib.util.find_spec("psycopg2") is None:
-        return url  # connecting reports the missing driver
-    return f"postgresql+psycopg2{sep}{rest}"
-
-
 def _connect(url: str, engine_kwargs: dict[str, Any], beat: dict[str, Any]) -> RDBStorage:
     """`RDBStorage`, retried while another worker is creating the same tables."""
     for attempt in range(3):
@@ -183,7 +169,7 @@ def _redact(url: str) -> str:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    # SQLAlchemy prefixes the driver's exception class: "(psycopg2.OperationalError) ...".
+    # SQLAlchemy prefixes the driver's exception class: "(psycopg.OperationalError) ...".
     first = re.sub(r"^\([\w.]+\) ", "", text[0]) if text else type(err).__name__
     return first.rstrip(".")
 

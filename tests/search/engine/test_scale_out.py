@@ -56,7 +56,7 @@ def admin_connection(url: str) -> Any:
             raise ConnectionError(f"no PostgreSQL server answers at {url} ({reason})") from None
         connection.autocommit = True
         return connection
-    raise ConnectionError("no PostgreSQL driver is installed (pip install psycopg2-binary)")
+    raise ConnectionError("no PostgreSQL driver is installed (pip install 'psycopg[binary]')")
 
 
 @pytest.fixture
@@ -97,8 +97,17 @@ def finish(worker: subprocess.Popen, timeout: float = 900) -> str:
 
 
 def load(name: str, url: str) -> optuna.Study:
-    """The study, through hpo's storage opener (it picks the installed PostgreSQL driver)."""
+    """The study, through hpo's storage opener."""
     return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+
+
+def test_the_bare_postgresql_url_works_for_hpo_and_for_optuna_itself(database):
+    # SQLAlchemy 2.1 reads postgresql:// as psycopg 3, the driver hpo's postgres extra installs.
+    assert database.startswith("postgresql://")
+    study = optuna.create_study(study_name="bare", storage=open_storage(database))
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    again = optuna.load_study(study_name="bare", storage=database)  # a user's own script
+    assert [t.value for t in again.trials] == [1.0]
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -102,7 +102,7 @@ class Postgres:
 
 @pytest.fixture
 def postgres() -> Iterator[Postgres]:
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")
     initdb = _postgres_bin("initdb")
     _check_owner()
     folder = Path(tempfile.mkdtemp(prefix="hpo-pg-"))  # tmp_path is not readable by postgres

@@ -75,8 +75,8 @@ def stderr_lines(capsys, text: str) -> list[str]:
 
 
 def test_outages_are_told_from_bad_requests(tmp_path):
-    pytest.importorskip("psycopg2")
-    nobody = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/x"
+    pytest.importorskip("psycopg")
+    nobody = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
     with pytest.raises(sa_exc.OperationalError) as refused:
         sqlalchemy.create_engine(nobody).connect()
     assert is_outage(refused.value)
