@@ -56,6 +56,8 @@ class MemberSpec:
         sha256: Hex digest of the weights file (checked on load).
         trial: The Optuna trial number it comes from, if any.
         fold: The fold it was trained on (its validation fold), if any.
+        architecture: For an ``hf-hub:`` or ``local-dir:`` backbone, what timm read from its
+            source (`trainer.models.resolve_architecture`), so loading needs no hub or folder.
     """
 
     name: str
@@ -66,6 +68,7 @@ class MemberSpec:
     sha256: str
     trial: int | None = None
     fold: int | None = None
+    architecture: Mapping[str, Any] | None = None
 
     @property
     def image_size(self) -> int:
@@ -131,6 +134,7 @@ def _summary(values: Iterable[Any]) -> Any:
 
 
 def _member_dict(member: MemberSpec) -> dict[str, Any]:
+    architecture = {} if member.architecture is None else {"architecture": member.architecture}
     return {
         "name": member.name,
         "weights": member.weights,
@@ -140,6 +144,7 @@ def _member_dict(member: MemberSpec) -> dict[str, Any]:
         "mean": list(member.mean),
         "std": list(member.std),
         "config": dict(member.config),
+        **architecture,
     }
 
 
@@ -168,6 +173,7 @@ def _parse_manifest(data: dict[str, Any]) -> Manifest:
             sha256=str(m.get("sha256", "")),
             trial=m.get("trial"),
             fold=m.get("fold"),
+            architecture=_architecture(m.get("architecture")),
         )
         for m in data["members"]
     )
@@ -177,6 +183,16 @@ def _parse_manifest(data: dict[str, Any]) -> Manifest:
     tta = str(data.get("tta", "none"))
     tta_views(tta)  # an unknown mode is a ConfigError here, not at the first prediction
     return Manifest(classes, members, tta=tta)
+
+
+def _architecture(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return {
+        "name": str(value["name"]),
+        "pretrained_cfg": dict(value["pretrained_cfg"]),
+        "model_args": dict(value["model_args"]),
+    }
 
 
 def file_sha256(path: Path) -> str:
@@ -219,7 +235,7 @@ def load_member(folder: Path, spec: MemberSpec, classes: int, device: torch.devi
         raise ExportError(
             f"Member {spec.name} in {folder / MANIFEST} has a bad config ({err}); {_AGAIN}."
         ) from None
-    model = build_model(config, classes)
+    model = build_model(config, classes, architecture=spec.architecture)
     _check_fits(model, state, path, classes)
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()

@@ -3,12 +3,18 @@
 Pretrained weights come from timm's hub (``pretrained=True``) or from a local file
 (``pretrained="/path/weights.safetensors"``). timm loads both with safetensors or
 ``torch.load(weights_only=True)``, so a weights file cannot run code.
+
+A backbone named by a source (``hf-hub:org/name``, ``local-dir:/folder``) is resolved by timm
+through the source's ``config.json``, even without weights. `resolve_architecture` reads that
+once, so that an export can rebuild the model later without the hub or the folder.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -16,6 +22,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 from timm.layers import freeze_batch_norm_2d
+from timm.models import _hub as timm_hub
 
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, UserError
@@ -29,7 +36,9 @@ _OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+def build_model(
+    config: TrainConfig, num_classes: int, *, architecture: Mapping[str, Any] | None = None
+) -> torch.nn.Module:
     """Create the timm backbone named by ``config`` with a fresh ``num_classes``-way head.
 
     With ``config.finetune == "head"`` only the classifier stays trainable and BatchNorm layers
@@ -39,6 +48,8 @@ def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     Args:
         config: Uses ``backbone``, ``pretrained``, ``dropout``, ``drop_path`` and ``finetune``.
         num_classes: Outputs of the classifier head.
+        architecture: What `resolve_architecture` returned for ``config.backbone``; the model
+            is then built from it, without reading the backbone's source.
 
     Returns:
         The model on the CPU, in train mode.
@@ -47,9 +58,10 @@ def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
         UserError: Unknown backbone, unavailable or unusable pretrained weights, or a drop
             rate the backbone does not support.
     """
-    check_backbone(config.backbone)
+    if architecture is None:
+        check_backbone(config.backbone)
     weights = _weights_path(config.pretrained)
-    model = _create(config, num_classes, weights)
+    model = _create(config, num_classes, weights, architecture)
     if weights is not None:
         _check_weights_fit(model, weights, config.backbone)
     if config.finetune == "head":
@@ -112,6 +124,43 @@ def check_backbone(name: str, where: str = "") -> None:
         f"Unknown backbone {name!r}{place} (close names: {close}); use a name from "
         "timm.list_models()."
     )
+
+
+def resolve_architecture(backbone: str) -> dict[str, Any] | None:
+    """What timm reads from the source of an ``hf-hub:`` or ``local-dir:`` backbone.
+
+    Returns:
+        ``{"name": timm architecture, "pretrained_cfg": {...}, "model_args": {...}}``, JSON-safe
+        and without the source's location (`build_model` needs nothing else), or None for a
+        name in timm's registry, which needs no source.
+
+    Raises:
+        UserError: The source's config cannot be read (folder gone, hub unreachable).
+    """
+    source, model_id = timm.models.parse_model_name(backbone)
+    if source is None:
+        return None
+    try:
+        if source == "hf-hub":
+            cfg, name, model_args = timm.models.load_model_config_from_hf(model_id)
+        else:  # timm knows no other source; it raised on the name otherwise
+            cfg, name, model_args = timm_hub.load_model_config_from_path(model_id)
+    except Exception as err:  # the hub and the file system raise many unrelated types
+        raise UserError(
+            f"Backbone {backbone!r} cannot be resolved ({_reason(err)}); restore the folder or "
+            "hub access it was trained from, then export again."
+        ) from err
+    cfg = timm.models.filter_pretrained_cfg(cfg, remove_source=True, remove_null=True)
+    return {"name": name, "pretrained_cfg": _json_safe(cfg), "model_args": _json_safe(model_args)}
+
+
+def _json_safe(value: Any) -> Any:
+    """Tuples as lists, recursively (what JSON gives back; timm accepts both)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def check_pretrained(backbone: str, pretrained: bool | str) -> None:
@@ -187,11 +236,23 @@ def _model_kwargs(config: TrainConfig, num_classes: int, weights: Path | None) -
     return kwargs
 
 
-def _create(config: TrainConfig, num_classes: int, weights: Path | None) -> torch.nn.Module:
+def _create(
+    config: TrainConfig,
+    num_classes: int,
+    weights: Path | None,
+    architecture: Mapping[str, Any] | None,
+) -> torch.nn.Module:
     """Call `timm.create_model`, turning the failures a user can fix into `UserError`."""
     kwargs = _model_kwargs(config, num_classes, weights)
+    name = config.backbone
+    if architecture is not None:
+        # What timm does for a sourced name, from the stored copy: the source's model
+        # arguments under ours, and its pretrained config.
+        name = architecture["name"]
+        kwargs = {**architecture["model_args"], **kwargs}
+        kwargs["pretrained_cfg"] = dict(architecture["pretrained_cfg"])
     try:
-        return timm.create_model(config.backbone, **kwargs)
+        return timm.create_model(name, **kwargs)
     except TypeError as err:
         field = _rejected_rate(err)
         if field is None:

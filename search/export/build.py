@@ -38,7 +38,7 @@ from search.study.storage import StudyError, StudyPlace, load_hpo_study, stored_
 from trainer.augment import tta_views
 from trainer.config import TrainConfig
 from trainer.ensemble import Ensemble, Manifest, MemberSpec, file_sha256
-from trainer.models import build_model, normalization
+from trainer.models import build_model, normalization, resolve_architecture
 
 if TYPE_CHECKING:
     from search.context import StudyRun
@@ -238,8 +238,12 @@ def _trial_members(
     source: StudySource, trial: FrozenTrial, staging: Path, classes: int
 ) -> list[MemberSpec]:
     config = TrainConfig(**trial.user_attrs["config"])
+    # Stored so that the export predicts without the hub or folder an hf-hub: or local-dir:
+    # backbone came from (timm reads its config.json even without weights).
+    architecture = resolve_architecture(config.backbone)
     # The normalisation the trainer used; building without weights downloads nothing.
-    mean, std = normalization(build_model(config.replace(pretrained=False), classes))
+    model = build_model(config.replace(pretrained=False), classes, architecture=architecture)
+    mean, std = normalization(model)
     specs = []
     for fold in range(source.settings["folds"]):
         name = f"trial{trial.number}-fold{fold}"
@@ -256,6 +260,7 @@ def _trial_members(
                 file_sha256(copy),
                 trial=trial.number,
                 fold=fold,
+                architecture=architecture,
             )
         )
     return specs

@@ -4,7 +4,8 @@ The export folder ``studies/<name>/export/`` holds everything needed to predict,
 that needs the study storage or MLflow to load:
 
     best_space.py          the best configuration as a space file `hpo run` accepts as it is
-    manifest.json          classes, members (backbone, image size, normalisation, config), TTA
+    manifest.json          classes, members (backbone, image size, normalisation, config, and
+                           the resolved architecture of hf-hub:/local-dir: backbones), TTA
     members/*.safetensors  one file per fold model
     report.md              out-of-fold and holdout scores
 
