@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from search.space.spacefile import Space
-from search.study.pruning import build_pruner
+from search.study.pruning import Rungs, build_pruner
 from search.study.samplers import build_sampler
 from search.study.splits import assign_folds
 from trainer import metrics
@@ -186,9 +186,9 @@ def open_study(
     settings = space.settings
     pruner = build_pruner(
         settings["pruner"],
-        startup_trials=settings["pruner_startup_trials"],
-        warmup_epochs=settings["pruner_warmup_epochs"],
-        p_threshold=settings["pruner_p"],
+        rungs=Rungs.of(settings),
+        min_peers=settings["pruner_startup_trials"],
+        p=settings["pruner_p"],
     )
     direction = metrics.DIRECTIONS[space.config({}).metric]
     study = optuna.create_study(
