@@ -199,6 +199,7 @@ def open_study(
             seed=space.config({}).seed,
             process_seed=process_seed,
             grouped=space.conditional,
+            space={name: s.distribution for name, s in space.searched.items()},
         ),
         pruner=pruner,
         direction=direction,
