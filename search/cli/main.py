@@ -56,6 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker=args.worker_index,
         workers=len(args.gpus) if args.gpus and args.workers == 1 else args.workers,
         export=not args.no_export,
+        warm_start=args.warm_start,
     )
     if request.workers > 1:
         from search.engine.workers import run_workers
@@ -128,6 +129,9 @@ def _add_run(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--storage", help="Optuna storage URL (default: studies/NAME/study.db)")
     run.add_argument("--data", help="data to use instead of the space file's `data`")
     run.add_argument("--seed", type=int, help="seed for splits, sampler and training")
+    run.add_argument(
+        "--warm-start", metavar="STUDY", help="start from the finished trials of STUDY"
+    )
     run.add_argument(
         "--workers", type=positive_int, default=1, help="worker processes on this machine"
     )
