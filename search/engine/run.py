@@ -20,7 +20,7 @@ from search.engine.progress import Progress
 from search.engine.runner import RunLimits, optimize
 from search.export.checkpoints import trial_dir
 from search.hooks import HookList, Hooks
-from search.keys import BASELINE
+from search.keys import BASELINE, STOPPED
 from search.space.settings import SETTINGS
 from search.space.spacefile import Space, load_space
 from search.study.data import StudyData
@@ -192,6 +192,7 @@ def run(
         timeout=request.timeout or settings["timeout"],
         max_failures=settings["max_failures"],
         poll_seconds=min(5.0, settings["heartbeat"] / 2),
+        patience=settings["patience_trials"],
     )
     progress = Progress(
         current.study, target=current.target, folds=settings["folds"], console=current.console
@@ -207,6 +208,8 @@ def run(
         raise
     finally:
         observers.study_ended(current.study, outcome)
+    if outcome == "patience":
+        current.console.print(f"Stopped early: {current.study.user_attrs[STOPPED]['reason']}.")
     finish(current, outcome)
     return outcome
 

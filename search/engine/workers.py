@@ -25,6 +25,7 @@ from search.engine.progress import trial_line
 from search.engine.run import default_hooks, finish, observers_for, prepare
 from search.engine.runner import count_trials
 from search.study.report import summary_line, visible_trials
+from search.study.stopping import stagnation
 from trainer.device import cpu_count
 from trainer.errors import UserError
 
@@ -141,6 +142,10 @@ def _outcome(current: StudyRun, workers: Sequence[Worker]) -> str:
     finished, _ = count_trials(current.study)
     if finished >= current.target:
         return "done"
+    reason = stagnation(current.study, current.space.settings["patience_trials"])
+    if reason:  # the workers stopped because the study stopped improving
+        current.console.print(f"Stopped early: {reason}.")
+        return "patience"
     codes = ", ".join(f"worker {w.index}: {w.process.returncode}" for w in workers)
     raise WorkersFailed(
         f"Every worker stopped with the study at {finished}/{current.target} trials ({codes}); "
