@@ -8,7 +8,10 @@
   running trials count as bad, so parallel workers do not propose the same point.
 - The model-based sampler sees the study through `TellView`: a trial pruned because its loss or
   score diverged is shown without intermediate values, which TPE ranks below every other
-  pruned trial, instead of by the rung it had reached.
+  pruned trial, instead of by the rung it had reached. A proposal that is a near-copy of a
+  trial the study already has (same choices, every number within a tenth of its range) is
+  proposed again; after a few near-copies in a row the trial explores a random point instead:
+  re-training a near-copy teaches the study little.
 - ``random`` draws each trial from a generator seeded by (study seed, trial number), unique
   across processes and still repeatable for a lone process.
 
@@ -38,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.keys import DIVERGED
 
 STARTUP_TRIALS = 10
+_RETRIES = 4  # proposals of the model-based sampler before a near-copy is accepted
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -151,7 +155,17 @@ class Staged(BaseSampler):
             return {}
         if self._explores(trial):
             return self.qmc.sample_relative(study, trial, search_space)
-        return self.inner.sample_relative(TellView(study), trial, search_space)  # type: ignore[arg-type]
+        view: Any = TellView(study)
+        others = [
+            t for t in study._get_trials(deepcopy=False) if t.params and t.number != trial.number
+        ]
+        for _ in range(_RETRIES):
+            params = self.inner.sample_relative(view, trial, search_space)
+            # Re-training a near-copy of a tried config teaches little; propose again.
+            if not any(_close(params, t.params, t.distributions, 0.1) for t in others):
+                return params
+        # The model keeps to the same spot: explore instead.
+        return {name: _random_value(self.seed, trial, name, d) for name, d in search_space.items()}
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, name: str, dist: BaseDistribution
@@ -225,18 +239,30 @@ def _position(dist: BaseDistribution, value: Any) -> float | None:
     return 0.0 if high == low else (x - low) / (high - low)
 
 
-def is_near_copy(a: FrozenTrial, b: FrozenTrial, *, tolerance: float = 0.1) -> bool:
-    """Same parameters, same choices, and every number within ``tolerance`` of its range."""
-    if a.params.keys() != b.params.keys():
-        return False
-    for name, value in a.params.items():
-        dist = a.distributions[name]
-        here, there = _position(dist, value), _position(dist, b.params[name])
-        if here is None and value != b.params[name]:
+def _close(
+    mine: Mapping[str, Any],
+    theirs: Mapping[str, Any],
+    distributions: Mapping[str, BaseDistribution],
+    tolerance: float,
+) -> bool:
+    """Every parameter of ``theirs`` is in ``mine``, the same choice or a number near it."""
+    for name, value in theirs.items():
+        if name not in mine:
+            return False
+        here = _position(distributions[name], mine[name])
+        there = _position(distributions[name], value)
+        if here is None and mine[name] != value:
             return False
         if here is not None and there is not None and abs(here - there) > tolerance:
             return False
     return True
+
+
+def is_near_copy(a: FrozenTrial, b: FrozenTrial, *, tolerance: float = 0.1) -> bool:
+    """Same parameters, same choices, and every number within ``tolerance`` of its range."""
+    return a.params.keys() == b.params.keys() and _close(
+        a.params, b.params, a.distributions, tolerance
+    )
 
 
 def near_copies(trials: Sequence[FrozenTrial], *, tolerance: float = 0.1) -> list[int]:

@@ -13,7 +13,7 @@ from optuna.trial import TrialState, create_trial
 from search.keys import DIVERGED
 from search.space import choice, loguniform
 from search.space.settings import SAMPLERS
-from search.study.samplers import Staged, build_sampler, is_near_copy, near_copies
+from search.study.samplers import Staged, TellView, build_sampler, is_near_copy, near_copies
 
 SPACE = {"lr": loguniform(1e-4, 1e-1), "loss": choice("ce", "focal")}
 DISTRIBUTIONS = {name: s.distribution for name, s in SPACE.items()}
@@ -91,11 +91,25 @@ def _suggested_lrs(sampler: optuna.samplers.BaseSampler, n: int) -> list[float]:
     return lrs
 
 
+class _Told(optuna.samplers.BaseSampler):
+    """TPE that sees the study through `TellView` (what `Staged` hands its inner sampler)."""
+
+    def __init__(self, inner: optuna.samplers.BaseSampler) -> None:
+        self.inner = inner
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(TellView(study), trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.inner.sample_relative(TellView(study), trial, search_space)
+
+    def sample_independent(self, study, trial, name, dist):
+        return self.inner.sample_independent(TellView(study), trial, name, dist)
+
+
 def test_diverged_trials_are_told_to_tpe_as_the_worst_not_as_far_pruned():
     tpe = {"seed": 0, "multivariate": True, "n_startup_trials": 1}
-    told = _suggested_lrs(
-        Staged(optuna.samplers.TPESampler(**tpe), space=DISTRIBUTIONS, seed=0, startup=0), 20
-    )
+    told = _suggested_lrs(_Told(optuna.samplers.TPESampler(**tpe)), 20)
     assert statistics.median(told) < 1e-2
     # Plain TPE ranks a trial pruned at rung 5 above one pruned at rung 0: it follows them.
     plain = _suggested_lrs(optuna.samplers.TPESampler(**tpe), 20)
@@ -121,3 +135,36 @@ def test_near_copies_have_the_same_choices_and_numbers_within_a_tenth_of_their_s
     assert not is_near_copy(a, _trial(2, 1.9e-3, "focal"))
     assert not is_near_copy(a, _trial(3, 3e-3, "ce"))  # 0.16 of the range
     assert near_copies([a, b, _trial(2, 1.9e-3, "focal"), _trial(4, 1.1e-3, "ce")]) == [1, 4]
+
+
+WIDE = {
+    "lr": FloatDistribution(1e-4, 1e-1, log=True),
+    "wd": FloatDistribution(1e-5, 1e-1, log=True),
+    "dropout": FloatDistribution(0.0, 0.5),
+    "loss": CategoricalDistribution(("ce", "focal")),
+}
+
+
+def _exploit(sampler: optuna.samplers.BaseSampler) -> list[int]:
+    """Near-copies among 30 trials of a study with one sharp optimum."""
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for _ in range(30):
+        trial = study.ask()
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        wd = trial.suggest_float("wd", 1e-5, 1e-1, log=True)
+        dropout = trial.suggest_float("dropout", 0.0, 0.5)
+        trial.suggest_categorical("loss", ("ce", "focal"))
+        loss = abs(math.log10(lr / 3e-3)) + 0.3 * abs(math.log10(wd / 1e-3)) + abs(dropout - 0.1)
+        study.tell(trial, -loss)
+    return near_copies(study.trials)
+
+
+def test_the_model_based_sampler_does_not_propose_near_copies_of_tried_configs():
+    plain, staged = 0, 0
+    for seed in (1, 2, 3):
+        tpe = {"seed": seed, "multivariate": True, "n_startup_trials": 10}
+        plain += len(_exploit(optuna.samplers.TPESampler(**tpe)))
+        inner = optuna.samplers.TPESampler(**tpe)
+        staged += len(_exploit(Staged(inner, space=WIDE, seed=seed, startup=10)))
+    assert plain >= 5  # TPE alone exploits its best point by proposing copies of it
+    assert staged == 0
