@@ -38,7 +38,7 @@ class RungReporter:
         if self.done:
             return None  # epoch rungs are in the first fold only
         if self.best is None or (score > self.best if self.maximize else score < self.best):
-            self.best = score
+            self.best = float(score)
         step = self.epoch_steps.get(epoch)
         if step is None or not self._ask(step, self.best):
             return None
@@ -53,7 +53,7 @@ class RungReporter:
         self.done = len(scores)
         if self.done >= self.rungs.folds:
             return None
-        step, mean = self.rungs.fold_step(self.done), statistics.fmean(scores)
+        step, mean = self.rungs.fold_step(self.done), float(statistics.fmean(scores))
         if not self._ask(step, mean):
             return None
         self.pruned_at = {"fold": fold, "epoch": None, "rung": step, "score": mean}
