@@ -25,7 +25,7 @@ from bench import common
 
 EPOCH_GOAL = 0.5
 # Quick: few trials, so pruning may start after the first one and from the first epoch.
-_QUICK = ["folds=2", "epochs=2", "pruner_startup_trials=1", "pruner_warmup_epochs=0"]
+_QUICK = ["folds=2", "epochs=2", "pruner_startup_trials=1"]
 
 
 def run_study(args, pruner: str, overrides: list[str]) -> tuple[common.StudySummary, float]:

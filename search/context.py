@@ -39,6 +39,7 @@ class RunRequest:
     heartbeat: int | None = None
     progress: bool = True
     export: bool = True
+    warm_start: str | None = None  # a study whose finished trials this one starts from
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--data", help="data to use instead of the space file's `data`")
     run.add_argument("--seed", type=int, help="seed for splits, sampler and training")
     run.add_argument(
+        "--warm-start", metavar="STUDY", help="start from the finished trials of STUDY"
+    )
+    run.add_argument(
         "--workers", type=positive_int, default=1, help="worker processes on this machine"
     )
     run.add_argument("--gpus", type=_gpu_list, help="GPUs for the workers, e.g. 0,1,2,3")
@@ -55,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker=args.worker_index,
         workers=len(args.gpus) if args.gpus and args.workers == 1 else args.workers,
         export=not args.no_export,
+        warm_start=args.warm_start,
     )
     if request.workers > 1:
         from search.engine.workers import run_workers

@@ -11,10 +11,12 @@ import traceback
 import optuna
 import torch
 
+from search.engine.reporting import RungReporter
 from search.hooks import Hooks
+from search.keys import DIVERGED, EPOCHS, FOLD_SCORES, PRUNED_AT, PRUNED_REASON, SCORE_STD, SECONDS
 from search.space.spacefile import Space
 from search.study.data import StudyData
-from search.study.pruning import epoch_step, explain_epoch_prune, explain_fold_prune, fold_step
+from search.study.pruning import Rungs
 from trainer.cache import CachedImages
 from trainer.config import TrainConfig
 from trainer.device import release_memory
@@ -23,7 +25,7 @@ from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
 
 
 class _EpochPruning(FitHook):
-    """A `fit` hook: reports each epoch's score and stops the fold when the pruner says so.
+    """A `fit` hook: tells the reporter each epoch and stops the fold when it says so.
 
     One instance serves every attempt at its fold. Optuna keeps the first value reported at a
     step and ignores (with a warning) any later one, and the pruner has already judged those
@@ -32,21 +34,24 @@ class _EpochPruning(FitHook):
     then the retry's, each step reported once.
     """
 
-    def __init__(self, trial: optuna.Trial, fold: int, hooks: Hooks) -> None:
-        self.trial, self.fold, self.hooks = trial, fold, hooks
+    def __init__(
+        self, trial: optuna.Trial, fold: int, hooks: Hooks, reporter: RungReporter
+    ) -> None:
+        self.trial, self.fold, self.hooks, self.reporter = trial, fold, hooks, reporter
         self.reason: str | None = None
-        self.reported = -1  # the last epoch reported to the trial
+        self.diverged: str | None = None
+        self.reported = -1  # the last epoch told to the reporter
 
     def after_epoch(self, row: EpochMetrics) -> str | None:
         self.hooks.epoch_ended(self.trial, row)
-        if not math.isfinite(row.score) or row.epoch <= self.reported:
+        if not math.isfinite(row.score):
+            self.diverged = f"the validation score became {row.score} in epoch {row.epoch + 1}"
+            return "diverged"
+        if row.epoch <= self.reported:
             return None
-        self.trial.report(row.score, epoch_step(self.fold, row.epoch))
         self.reported = row.epoch
-        if self.trial.should_prune():
-            self.reason = explain_epoch_prune(self.trial.study, self.fold, row.epoch, row.score)
-            return "pruned"
-        return None
+        self.reason = self.reporter.after_epoch(self.fold, row.epoch, row.score)
+        return "pruned" if self.reason else None
 
 
 class Objective:
@@ -72,25 +77,32 @@ class Objective:
     def cross_validate(self, trial: optuna.Trial, config: TrainConfig) -> float:
         """Train every fold in order; the trial's value is the mean of the fold scores."""
         images = self.data.images(config.image_size)
+        settings = self.space.settings
+        reporter = RungReporter(
+            trial, Rungs.of(settings), epochs=config.epochs, p=settings["pruner_p"]
+        )
         scores: list[float] = []
         started, epochs = time.perf_counter(), 0
         for split in self.data.splits:
-            pruning = _EpochPruning(trial, split.fold, self.hooks)
+            pruning = _EpochPruning(trial, split.fold, self.hooks, reporter)
             try:
                 result, config = _fit_within_memory(trial, config, images, split, pruning)
             except Diverged as err:
                 _record(trial, scores, epochs, started)
-                _prune(trial, f"fold {split.fold}: {err}", split.fold)
+                _diverged(trial, f"fold {split.fold}: {err}", split.fold)
             self.hooks.fold_ended(trial, result)
             epochs += result.epochs_run
+            if pruning.diverged:
+                _record(trial, scores, epochs, started)
+                _diverged(trial, f"fold {split.fold}: {pruning.diverged}", split.fold)
             if pruning.reason:
                 _record(trial, scores, epochs, started)
-                _prune(trial, pruning.reason, split.fold, result.history[-1].epoch)
+                _prune(trial, pruning.reason, reporter.pruned_at)
             scores.append(result.score)
-            trial.report(result.score, fold_step(split.fold))
-            _record(trial, scores, epochs, started)
-            if len(scores) < len(self.data.splits) and trial.should_prune():
-                _prune(trial, explain_fold_prune(trial.study, scores), split.fold)
+            _record(trial, scores, epochs, started)  # before the fold rule reads the scores
+            reason = reporter.after_fold(split.fold, scores)
+            if reason:
+                _prune(trial, reason, reporter.pruned_at)
         return statistics.fmean(scores)
 
 
@@ -145,13 +157,19 @@ def _smaller_batch(config: TrainConfig, *, in_evaluation: bool) -> TrainConfig |
 
 
 def _record(trial: optuna.Trial, scores: list[float], epochs: int, started: float) -> None:
-    trial.set_user_attr("fold_scores", list(scores))
-    trial.set_user_attr("score_std", statistics.pstdev(scores) if len(scores) > 1 else 0.0)
-    trial.set_user_attr("epochs", epochs)
-    trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+    trial.set_user_attr(FOLD_SCORES, list(scores))
+    trial.set_user_attr(SCORE_STD, statistics.pstdev(scores) if len(scores) > 1 else 0.0)
+    trial.set_user_attr(EPOCHS, epochs)
+    trial.set_user_attr(SECONDS, round(time.perf_counter() - started, 3))
 
 
-def _prune(trial: optuna.Trial, reason: str, fold: int, epoch: int | None = None) -> None:
-    trial.set_user_attr("pruned_reason", reason)
-    trial.set_user_attr("pruned_at", {"fold": fold, "epoch": None if epoch is None else epoch + 1})
+def _prune(trial: optuna.Trial, reason: str, where: dict | None) -> None:
+    trial.set_user_attr(PRUNED_REASON, reason)
+    trial.set_user_attr(PRUNED_AT, where)
     raise optuna.TrialPruned(reason)
+
+
+def _diverged(trial: optuna.Trial, reason: str, fold: int) -> None:
+    """Prune a trial whose loss or score turned NaN; the sampler sees it as the worst trial."""
+    trial.set_user_attr(DIVERGED, True)
+    _prune(trial, f"diverged: {reason}", {"fold": fold, "epoch": None, "rung": None})

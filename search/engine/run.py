@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 
 from search.context import HookFactory, RunRequest, StudyRun
 from search.engine.objective import Objective
 from search.engine.progress import Progress
 from search.engine.runner import RunLimits, optimize
+from search.export.checkpoints import trial_dir
 from search.hooks import HookList, Hooks
+from search.keys import BASELINE, STOPPED
 from search.space.settings import SETTINGS
 from search.space.spacefile import Space, load_space
 from search.study.data import StudyData
@@ -25,11 +30,13 @@ from search.study.storage import (
     StudyError,
     StudyPlace,
     check_study,
+    load_hpo_study,
     open_storage,
     open_study,
     splits_id,
     stored_folds,
 )
+from search.study.warmstart import warm_start
 from trainer.cache import cached_images
 from trainer.models import check_backbone, check_pretrained
 from trainer.sources import ImageTable, load_table
@@ -56,6 +63,9 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     # `hpo export` reads the latest run-control settings (top_k, tta, tracking) from here.
     run_control = {k: v for k, v in space.settings.items() if SETTINGS[k].run_control}
     study.set_user_attr("hpo.run_control", run_control)
+    console = console or make_console()
+    if request.worker == 0:  # workers find them in the storage
+        seed_trials(request, study, space, place, console)
     fold_of = stored_folds(study)
     if len(fold_of) != len(table):
         raise StudyError(f"Study '{place.name}' stores splits for another dataset size.")
@@ -64,7 +74,57 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
         table, splits, splits_id(fold_of), progress=request.progress, folder=place.folder
     )
     target = request.trials or space.settings["trials"]
-    return StudyRun(request, space, place, table, study, data, target, console or make_console())
+    return StudyRun(request, space, place, table, study, data, target, console)
+
+
+def seed_trials(
+    request: RunRequest, study: optuna.Study, space: Space, place: StudyPlace, console: Console
+) -> None:
+    """What a study starts from: another study's finished trials, then the space's baselines."""
+    if request.warm_start:
+        copy_trials(request.warm_start, request.storage, study, space, place, console)
+    queued = enqueue_baselines(study, space.settings["baselines"])
+    if queued:
+        console.print(f"Queued {queued} baseline configurations of the space file to run first.")
+
+
+def enqueue_baselines(study: optuna.Study, baselines: Sequence[dict[str, Any]]) -> int:
+    """Queue ``baselines`` to run next; one the study already has (any state) is skipped."""
+    waiting = (TrialState.WAITING,)
+    before = len(study.get_trials(deepcopy=False, states=waiting))
+    for index, params in enumerate(baselines):
+        study.enqueue_trial(dict(params), user_attrs={BASELINE: index}, skip_if_exists=True)
+    return len(study.get_trials(deepcopy=False, states=waiting)) - before
+
+
+def copy_trials(
+    name: str,
+    storage: str | None,
+    study: optuna.Study,
+    space: Space,
+    place: StudyPlace,
+    console: Console,
+) -> None:
+    """``--warm-start NAME``: copy that study's finished trials (and checkpoints) into this one.
+
+    Raises:
+        StudyError: No such study, this study itself, or one whose scores would not compare.
+    """
+    source_place = StudyPlace.of(name, storage)  # the same storage as this study's
+    if source_place.name == place.name:
+        raise StudyError(f"--warm-start {name} names the study being run; name another study.")
+    done = warm_start(study, load_hpo_study(source_place), name, space)
+    if done.already:
+        console.print(f"Warm start: the trials of study '{name}' were copied in an earlier run.")
+        return
+    for old, new in done.copied.items():
+        folder = trial_dir(source_place.folder, old)
+        if folder.is_dir():  # the other study's best trials keep checkpoints: export can use them
+            shutil.copytree(folder, trial_dir(place.folder, new), dirs_exist_ok=True)
+    console.print(
+        f"Warm start: copied {len(done.copied)} finished trials of study '{name}' "
+        f"({done.skipped} lie outside this space); they count toward --trials."
+    )
 
 
 def _process_seed(request: RunRequest, seed: int) -> int:
@@ -133,6 +193,7 @@ def run(
         timeout=request.timeout or settings["timeout"],
         max_failures=settings["max_failures"],
         poll_seconds=min(5.0, settings["heartbeat"] / 2),
+        patience=settings["patience_trials"],
     )
     progress = Progress(
         current.study, target=current.target, folds=settings["folds"], console=current.console
@@ -148,6 +209,8 @@ def run(
         raise
     finally:
         observers.study_ended(current.study, outcome)
+    if outcome == "patience":
+        current.console.print(f"Stopped early: {current.study.user_attrs[STOPPED]['reason']}.")
     finish(current, outcome)
     return outcome
 

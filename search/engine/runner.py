@@ -24,8 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.engine.objective import Objective
 from search.hooks import Hooks
-from search.keys import SURPLUS
+from search.keys import STOPPED, SURPLUS
 from search.study.resilient import StorageUnavailable
+from search.study.stopping import stagnation
 from trainer.device import release_memory
 from trainer.errors import UserError
 
@@ -44,6 +45,7 @@ class RunLimits:
     timeout: float | None = None
     max_failures: int = 5
     poll_seconds: float = 2.0
+    patience: int | None = None  # the space's patience_trials (see search.study.stopping)
 
 
 class Heartbeat:
@@ -85,7 +87,9 @@ def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: Ru
     """Run trials until the target is reached or the time is up.
 
     Returns:
-        ``"done"`` when the study has its target of finished trials, ``"timeout"`` otherwise.
+        ``"done"`` when the study has its target of finished trials, ``"patience"`` when it
+        stopped improving (the reason is in the study user attribute `STOPPED`), ``"timeout"``
+        otherwise.
 
     Raises:
         TooManyFailures: After ``limits.max_failures`` failed trials in a row.
@@ -100,6 +104,10 @@ def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: Ru
             return "done"
         if deadline is not None and time.monotonic() >= deadline:
             return "timeout"
+        reason = stagnation(study, limits.patience)
+        if reason is not None:
+            study.set_user_attr(STOPPED, {"reason": reason, "finished": finished})
+            return "patience"
         if finished + running >= limits.target:
             time.sleep(limits.poll_seconds)  # others are running the last trials; one may fail
             continue

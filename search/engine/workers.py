@@ -27,6 +27,7 @@ from search.engine.progress import trial_line
 from search.engine.run import default_hooks, finish, observers_for, prepare
 from search.engine.runner import count_trials
 from search.study.report import summary_line, visible_trials
+from search.study.stopping import stagnation
 from trainer.device import cpu_count
 from trainer.errors import UserError
 
@@ -186,6 +187,10 @@ def _outcome(current: StudyRun, workers: Sequence[Worker]) -> str:
     timeout = current.request.timeout or current.space.settings["timeout"]
     codes = {w.index: w.process.returncode for w in workers}
     timed, logs = timeout is not None, workers[0].log.parent
+    reason = stagnation(current.study, current.space.settings["patience_trials"])
+    if finished < current.target and reason:  # the workers stopped: the study stopped improving
+        current.console.print(f"Stopped early: {reason}.")
+        return "patience"
     return outcome_of(finished, current.target, codes, timed=timed, logs=logs)
 
 

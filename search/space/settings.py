@@ -13,7 +13,7 @@ from typing import Any
 from trainer.config import TTA_MODES
 
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
-PRUNERS = ("median", "percentile", "wilcoxon", "none")
+PRUNERS = ("median", "wilcoxon", "none")
 TRACKING = ("mlflow", "none")
 
 
@@ -65,6 +65,19 @@ def _positive(value: Any) -> str | None:
     return None if ok else "must be a positive number of seconds"
 
 
+def _fractions(value: Any) -> str | None:
+    ok = isinstance(value, tuple | list) and all(
+        isinstance(f, int | float) and not isinstance(f, bool) and 0 < f < 1 for f in value
+    )
+    return None if ok else "must be a tuple of fractions between 0 and 1, e.g. (1/3,)"
+
+
+def _baselines(value: Any) -> str | None:
+    # Each entry's names and values are checked against the searched parameters later.
+    ok = isinstance(value, tuple | list) and all(isinstance(b, dict) for b in value)
+    return None if ok else 'must be a list of dicts of parameter values, e.g. [{"lr": 1e-3}]'
+
+
 def _p_value(value: Any) -> str | None:
     ok = isinstance(value, float) and 0 < value < 1
     return None if ok else "must be a float in (0, 1)"
@@ -77,8 +90,10 @@ SETTINGS: dict[str, Setting] = {
     "sampler": Setting("tpe", _one_of(SAMPLERS)),
     "pruner": Setting("median", _one_of(PRUNERS)),
     "pruner_startup_trials": Setting(3, _int_at_least(1)),
-    "pruner_warmup_epochs": Setting(1, _int_at_least(0)),
+    "pruner_epoch_rungs": Setting((1 / 3,), _fractions),
     "pruner_p": Setting(0.1, _p_value),
+    "baselines": Setting((), _baselines, run_control=True),
+    "patience_trials": Setting(None, _optional(_int_at_least(1)), run_control=True),
     "trials": Setting(20, _int_at_least(1), run_control=True),
     "timeout": Setting(None, _optional(_positive), run_control=True),
     "max_failures": Setting(5, _int_at_least(1), run_control=True),

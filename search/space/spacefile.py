@@ -21,6 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from optuna.distributions import CategoricalDistribution, IntDistribution, distribution_to_json
 
 from search.space import Searched, SpaceError
+from search.space.baselines import check_baselines
 from search.space.settings import SETTINGS
 from trainer.config import TrainConfig, field_names
 from trainer.errors import ConfigError
@@ -215,6 +216,12 @@ def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Spac
             raise SpaceError(f"{where[name]}: unknown name '{name}'{_did_you_mean(name)}")
     for name in searched:
         _check_conditions(name, searched, fixed, where[name])
+    if settings["baselines"]:
+        # Values that no trial samples: the fixed ones and the defaults of the rest.
+        known = {k: v for k, v in {**_DEFAULTS, **fixed}.items() if k not in searched}
+        settings["baselines"] = check_baselines(
+            settings["baselines"], searched, known, where["baselines"]
+        )
     return Space(path, settings, fixed, _ordered(searched, where))
 
 

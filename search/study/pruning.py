@@ -1,53 +1,220 @@
-"""Pruning on both axes of a cross-validated trial: epochs within a fold, and folds.
+"""Pruning a cross-validated trial at a few rungs: fractions of the first fold, then whole folds.
 
-A trial has one step axis in Optuna, so steps are encoded in the order they happen: epoch ``e``
-of fold ``f`` is reported at step ``f * 1001 + e`` and the fold's score at ``f * 1001 + 1000``.
-The last step therefore always says which rule applies, and the composite pruner hands each
-rule a view of the study in which only its own steps exist:
+A trial reports to Optuna only at its rungs, and a rung has the same step in every trial:
 
-- epochs: Optuna's `PercentilePruner` (median) compares the running fold's best score so far
-  with finished trials at the same fold and epoch, so a hopeless trial stops within one fold;
-- folds: Optuna's `WilcoxonPruner` compares fold scores pairwise with the best trial, which
-  is sound because every trial uses the same splits.
+- step ``i`` (``i < len(fractions)``): the first fold has trained ``fractions[i]`` of its
+  epochs (rounded up). Trials with 12 and with 6 epochs are compared at the same fraction of
+  their schedule, not at the same epoch index. The value is the fold's best score so far.
+- step ``len(fractions) + n - 1``: ``n`` folds are done (``n < folds``); the value is the mean
+  of those ``n`` fold scores, so every trial at that step is measured on the same folds.
+
+Three rules decide (see `build_pruner`):
+
+- `PeerMedian`, at the epoch rungs and after the first fold: a trial below the median of every
+  other trial that reached the same rung, complete, pruned or running, stops there. Optuna's
+  `PercentilePruner`/`MedianPruner` take their reference from COMPLETE trials only, so each
+  survivor raises the bar until "below the median" means "not among the best few"; Optuna's
+  `SuccessiveHalvingPruner` does compare with every trial at a rung, but its rungs sit at
+  geometric steps (``min_resource * eta**k``) and, while a rung has fewer than ``eta`` trials
+  (or ``bootstrap_count``), it prunes every trial that is not the best so far. Hence a rule of
+  our own.
+- `PairedGap`, after 2 or more folds: the fold scores are compared pairwise with the best
+  trial's on the same folds (every trial trains the same splits). It prunes when the mean
+  paired gap is larger than a one-sided ``1 - p`` bound on the noise, ``z * s / sqrt(n)``,
+  where ``s`` is the spread of the paired differences but never less than the best trial's
+  fold standard deviation (two folds that happen to agree must not look noise-free). Optuna's
+  `WilcoxonPruner` (``pruner="wilcoxon"``) uses the exact signed-rank test, whose smallest
+  p-value is ``2**-n``: at ``p=0.1`` it cannot act before 4 folds.
+- A guard over both fold rules: a trial that has trained more than half of its folds and whose
+  paired gap to the best is at most the best trial's fold standard deviation is never pruned.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
-from optuna.pruners import BasePruner, PercentilePruner, WilcoxonPruner
+from optuna.pruners import BasePruner, NopPruner, WilcoxonPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-MAX_EPOCHS = 1000
-_STRIDE = MAX_EPOCHS + 1
+from search.keys import FOLD_SCORES, SCORE_STD
 
 Values = dict[int, float]
+_PEERS = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
-def epoch_step(fold: int, epoch: int) -> int:
-    """The Optuna step at which epoch ``epoch`` (0-based) of fold ``fold`` is reported."""
-    return fold * _STRIDE + epoch
+@dataclass(frozen=True)
+class Rungs:
+    """Where a study's trials may be pruned, and the Optuna step of each rung.
+
+    Attributes:
+        fractions: Fractions of the first fold's epochs after which the epoch rungs are.
+        folds: Folds per trial; the rungs after whole folds are at 1 .. folds - 1 folds done.
+    """
+
+    fractions: tuple[float, ...]
+    folds: int
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any]) -> Rungs:
+        """The rungs of a space's settings (``pruner_epoch_rungs`` and ``folds``)."""
+        return cls(tuple(settings["pruner_epoch_rungs"]), settings["folds"])
+
+    def epoch_steps(self, epochs: int) -> dict[int, int]:
+        """``{epoch index (0-based): step}`` of the first fold for a schedule of ``epochs``.
+
+        A fraction that falls on the fold's last epoch is left out (the fold's end is a rung
+        of its own), and two fractions that fall on the same epoch make one rung.
+        """
+        steps: dict[int, int] = {}
+        for step, fraction in enumerate(self.fractions):
+            epoch = max(math.ceil(fraction * epochs), 1) - 1
+            if epoch < epochs - 1:
+                steps.setdefault(epoch, step)
+        return steps
+
+    def fold_step(self, done: int) -> int:
+        """The step at which a trial with ``done`` folds trained reports their mean."""
+        return len(self.fractions) + done - 1
+
+    def folds_done(self, step: int) -> int:
+        """How many whole folds a trial has trained at ``step`` (0 at an epoch rung)."""
+        return max(step - len(self.fractions) + 1, 0)
 
 
-def fold_step(fold: int) -> int:
-    """The Optuna step at which the score of fold ``fold`` is reported."""
-    return fold * _STRIDE + MAX_EPOCHS
+def _worse(a: float, b: float, direction: StudyDirection) -> bool:
+    return a < b if direction == StudyDirection.MAXIMIZE else a > b
 
 
-def fold_values(values: Values) -> Values:
-    """Only the per-fold scores, keyed by fold."""
-    return {s // _STRIDE: v for s, v in values.items() if s % _STRIDE == MAX_EPOCHS}
+# --- the rule at a rung: the median of every trial that reached it ------------------------------
 
 
-def epoch_values(values: Values, fold: int) -> Values:
-    """Only the per-epoch scores of ``fold``, keyed by epoch."""
-    first = epoch_step(fold, 0)
-    return {s - first: v for s, v in values.items() if first <= s < first + MAX_EPOCHS}
+def peer_values(study: optuna.Study, number: int, step: int) -> list[float]:
+    """The values at ``step`` of every other trial that reached it, whatever its state."""
+    values = []
+    for t in study.get_trials(deepcopy=False, states=_PEERS):
+        value = t.intermediate_values.get(step)
+        if t.number != number and value is not None and math.isfinite(value):
+            values.append(value)
+    return values
+
+
+def peer_threshold(values: Sequence[float], direction: StudyDirection, percentile: float) -> float:
+    """The value below which (above, when minimising) the worst ``percentile`` % lie."""
+    q = percentile if direction == StudyDirection.MAXIMIZE else 100.0 - percentile
+    return float(np.percentile(values, q))
+
+
+class PeerMedian(BasePruner):
+    """Prunes a trial worse than the median of all other trials at the same rung.
+
+    Args:
+        min_peers: Other trials that must have reached the rung before it prunes there.
+        percentile: The share of trials (in %) below which a trial is pruned; 50 is the median.
+    """
+
+    def __init__(self, *, min_peers: int, percentile: float = 50.0) -> None:
+        self.min_peers, self.percentile = min_peers, percentile
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        peers = peer_values(study, trial.number, step)
+        if len(peers) < self.min_peers:
+            return False
+        threshold = peer_threshold(peers, study.direction, self.percentile)
+        return _worse(trial.intermediate_values[step], threshold, study.direction)
+
+
+# --- the rule after folds: a paired comparison with the best trial ------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A trial's first ``n`` fold scores against the best trial's on the same folds.
+
+    Attributes:
+        best: The best complete trial's number.
+        n: Folds compared.
+        gap: Mean of (best - mine), sign-adjusted so that positive means worse than the best.
+        spread: Sample standard deviation of the paired differences (0 for one pair).
+        best_std: The best trial's fold standard deviation.
+        mine: The trial's mean over the ``n`` folds.
+        theirs: The best trial's mean over the same folds.
+    """
+
+    best: int
+    n: int
+    gap: float
+    spread: float
+    best_std: float
+    mine: float
+    theirs: float
+
+    def bound(self, z: float) -> float:
+        """The largest gap that noise explains at one-sided level ``z``."""
+        return z * max(self.spread, self.best_std) / math.sqrt(self.n)
+
+
+def best_complete(study: optuna.Study) -> FrozenTrial | None:
+    """The study's best complete trial, or None before any trial completed."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def compare_with_best(study: optuna.Study, scores: Sequence[float]) -> Comparison | None:
+    """``scores`` (a trial's fold scores so far) against the best trial's, or None."""
+    best = best_complete(study)
+    theirs = list(best.user_attrs.get(FOLD_SCORES, [])) if best else []
+    n = len(scores)
+    if best is None or n == 0 or len(theirs) < n:
+        return None
+    sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+    gaps = [sign * (b - m) for m, b in zip(scores, theirs, strict=False)]
+    return Comparison(
+        best=best.number,
+        n=n,
+        gap=statistics.fmean(gaps),
+        spread=statistics.stdev(gaps) if n > 1 else 0.0,
+        best_std=float(best.user_attrs.get(SCORE_STD) or 0.0),
+        mine=statistics.fmean(scores),
+        theirs=statistics.fmean(theirs[:n]),
+    )
+
+
+def _scores(trial: FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get(FOLD_SCORES, []))
+
+
+class PairedGap(BasePruner):
+    """Prunes after ``min_folds`` or more folds when the paired gap to the best exceeds the noise.
+
+    Args:
+        p: One-sided level: the gap must exceed what noise explains with probability ``1 - p``.
+        min_folds: Folds a trial must have trained before this rule looks at it.
+    """
+
+    def __init__(self, *, p: float, min_folds: int = 2) -> None:
+        self.z = statistics.NormalDist().inv_cdf(1.0 - p)
+        self.min_folds = min_folds
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        scores = _scores(trial)
+        found = compare_with_best(study, scores) if len(scores) >= self.min_folds else None
+        return found is not None and found.gap > found.bound(self.z)
+
+
+# --- the composite ------------------------------------------------------------------------------
 
 
 def _with_values(trial: FrozenTrial, values: Values) -> FrozenTrial:
@@ -56,10 +223,14 @@ def _with_values(trial: FrozenTrial, values: Values) -> FrozenTrial:
     return view
 
 
-class _StudyView:
-    """The parts of a `Study` that Optuna's pruners read, with steps filtered or remapped."""
+def _fold_values(trial: FrozenTrial) -> Values:
+    return dict(enumerate(_scores(trial)))
 
-    def __init__(self, study: optuna.Study, select: Callable[[Values], Values]) -> None:
+
+class _FoldView:
+    """The parts of a `Study` that Optuna's `WilcoxonPruner` reads, with fold scores as steps."""
+
+    def __init__(self, study: optuna.Study, select: Callable[[FrozenTrial], Values]) -> None:
         self._study, self._select = study, select
 
     @property
@@ -69,73 +240,116 @@ class _StudyView:
     @property
     def best_trial(self) -> FrozenTrial:
         best = self._study.best_trial
-        return _with_values(best, self._select(best.intermediate_values))
+        return _with_values(best, self._select(best))
 
     def get_trials(
         self, deepcopy: bool = False, states: Sequence[TrialState] | None = None
     ) -> list[FrozenTrial]:
         trials = self._study.get_trials(deepcopy=False, states=states)
-        return [_with_values(t, self._select(t.intermediate_values)) for t in trials]
+        return [_with_values(t, self._select(t)) for t in trials]
+
+
+class FoldWilcoxon(BasePruner):
+    """Optuna's `WilcoxonPruner` over the fold scores (one "instance" per fold)."""
+
+    def __init__(self, *, p: float) -> None:
+        self.inner = WilcoxonPruner(p_threshold=p, n_startup_steps=2)
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if best_complete(study) is None:
+            return False
+        view: Any = _FoldView(study, _fold_values)
+        return self.inner.prune(view, _with_values(trial, _fold_values(trial)))
 
 
 class CrossValidationPruner(BasePruner):
-    """Epoch-level and fold-level pruning for k-fold trials; either rule may be None."""
+    """The rung rule up to the first fold's end, the fold rule after, and the guard.
 
-    def __init__(self, *, epochs: BasePruner | None, folds: BasePruner | None) -> None:
-        self.epochs, self.folds = epochs, folds
+    Args:
+        rungs: The study's rungs.
+        peers: The rule at the epoch rungs and after the first fold (None: no pruning there).
+        folds: The rule after two or more folds (None: no pruning there).
+    """
+
+    def __init__(self, rungs: Rungs, *, peers: BasePruner | None, folds: BasePruner | None):
+        self.rungs, self.peers, self.folds = rungs, peers, folds
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        last = trial.last_step
-        if last is None:
+        step = trial.last_step
+        if step is None:
             return False
-        if last % _STRIDE == MAX_EPOCHS:
-            rule, select = self.folds, fold_values
-        else:
-            rule, select = self.epochs, lambda values: epoch_values(values, last // _STRIDE)
-        if rule is None:
+        if not math.isfinite(trial.intermediate_values[step]):
+            return True
+        done = self.rungs.folds_done(step)
+        if done <= 1:
+            return self.peers is not None and self.peers.prune(study, trial)
+        if self.folds is None or self.protected(study, _scores(trial)):
             return False
-        view = _StudyView(study, select)
-        return rule.prune(view, _with_values(trial, select(trial.intermediate_values)))
+        return self.folds.prune(study, trial)
+
+    def protected(self, study: optuna.Study, scores: Sequence[float]) -> bool:
+        """Nearly finished and within one fold standard deviation of the best: keep it."""
+        found = compare_with_best(study, scores)
+        return found is not None and 2 * found.n > self.rungs.folds and found.gap <= found.best_std
 
 
-def build_pruner(
-    name: str, *, startup_trials: int, warmup_epochs: int, p_threshold: float
-) -> BasePruner:
-    """The pruner a space's ``pruner`` setting names: median, wilcoxon or none."""
+def build_pruner(name: str, *, rungs: Rungs, min_peers: int, p: float) -> BasePruner:
+    """The pruner a space's ``pruner`` setting names.
+
+    Args:
+        name: ``median`` (rung median, then the paired gap), ``wilcoxon`` (Optuna's Wilcoxon
+            test over folds only) or ``none``.
+        rungs: The study's rungs.
+        min_peers: Trials that must have reached a rung before the rung median prunes there.
+        p: The one-sided level of the fold rule.
+    """
     if name == "none":
-        return optuna.pruners.NopPruner()
-    epochs = None
+        return NopPruner()
+    if name == "wilcoxon":
+        return CrossValidationPruner(rungs, peers=None, folds=FoldWilcoxon(p=p))
     if name == "median":
-        epochs = PercentilePruner(
-            50.0, n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs, n_min_trials=1
+        return CrossValidationPruner(
+            rungs, peers=PeerMedian(min_peers=min_peers), folds=PairedGap(p=p)
         )
-    folds = WilcoxonPruner(p_threshold=p_threshold, n_startup_steps=2)
-    return CrossValidationPruner(epochs=epochs, folds=folds)
+    raise ValueError(f"unknown pruner {name!r}")
 
 
-def explain_epoch_prune(study: optuna.Study, fold: int, epoch: int, best: float) -> str:
-    """A sentence saying why a trial was pruned at an epoch: its score against the median."""
-    step = epoch_step(fold, epoch)
-    peers = [
-        t.intermediate_values[step]
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if step in t.intermediate_values
-    ]
-    median = statistics.median(peers) if peers else float("nan")
+# --- why a trial was pruned, in words -----------------------------------------------------------
+
+
+def explain_rung_prune(study: optuna.Study, number: int, step: int, value: float, at: str) -> str:
+    """Why a trial was pruned at a rung up to the first fold's end: its value against the median.
+
+    Args:
+        study: The study.
+        number: The pruned trial's number (left out of its peers).
+        step: The rung's step.
+        value: The trial's value there (the fold's best score so far, or the fold's score).
+        at: Where that is, e.g. ``fold 0, epoch 2 (1/3 of its epochs)``.
+    """
+    peers = peer_values(study, number, step)
+    median = peer_threshold(peers, study.direction, 50.0) if peers else float("nan")
+    side = "below" if study.direction == StudyDirection.MAXIMIZE else "above"
     return (
-        f"fold {fold} epoch {epoch + 1}: best score {best:.4f} is worse than the median "
-        f"{median:.4f} of {len(peers)} finished trials at that epoch"
+        f"{at}: score {value:.4f} is {side} the median {median:.4f} of the {len(peers)} "
+        "other trials (complete and pruned) that reached the same point"
     )
 
 
-def explain_fold_prune(study: optuna.Study, scores: Sequence[float]) -> str:
-    """A sentence saying why a trial was pruned after a fold: the Wilcoxon comparison."""
-    best: Any = study.best_trial
-    folds = fold_values(best.intermediate_values)
-    theirs = [folds.get(i, float("nan")) for i in range(len(scores))]
-    mine = statistics.fmean(scores)
+def explain_fold_prune(study: optuna.Study, scores: Sequence[float], p: float) -> str:
+    """Why a trial was pruned after whole folds: its paired comparison with the best trial."""
+    found = compare_with_best(study, scores)
+    if found is None:
+        return f"after {len(scores)} folds: pruned by the fold rule"
+    pruner = getattr(study.pruner, "folds", None)
+    head = (
+        f"after {found.n} folds: mean {found.mine:.4f} against {found.theirs:.4f} for the best "
+        f"trial {found.best} on the same folds"
+    )
+    if isinstance(pruner, FoldWilcoxon):
+        return f"{head}; worse by Wilcoxon's signed-rank test (one-sided p < {p})"
+    z = statistics.NormalDist().inv_cdf(1.0 - p)
     return (
-        f"after {len(scores)} folds: fold scores (mean {mine:.4f}) are significantly worse "
-        f"than trial {best.number}'s on the same folds (mean {statistics.fmean(theirs):.4f}; "
-        "Wilcoxon signed-rank test)"
+        f"{head}; the gap {found.gap:.4f} is larger than noise explains ({found.bound(z):.4f}: "
+        f"one-sided p={p}, fold std {found.best_std:.4f})"
     )

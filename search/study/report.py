@@ -9,9 +9,21 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from search.keys import SURPLUS
+from search.keys import (
+    BASELINE,
+    DIVERGED,
+    EPOCHS,
+    FOLD_SCORES,
+    PRUNED_AT,
+    PRUNED_REASON,
+    SCORE_STD,
+    SECONDS,
+    SURPLUS,
+    WARM_START_FROM,
+)
 
 
 def make_console(*, stderr: bool = True) -> Console:
@@ -25,15 +37,20 @@ def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
 
 
+def _rung(trial: FrozenTrial) -> int:
+    where = trial.user_attrs.get(PRUNED_AT) or {}
+    return -1 if where.get("rung") is None else int(where["rung"])
+
+
 def ranked(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """Complete trials best first, then pruned (furthest first), then the rest by number."""
+    """Complete trials best first, then pruned (latest rung first), then the rest by number."""
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
     complete = sorted(
         (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: sign * t.value
     )
     pruned = sorted(
         (t for t in trials if t.state == TrialState.PRUNED),
-        key=lambda t: (-len(t.user_attrs.get("fold_scores", [])), t.number),
+        key=lambda t: (-_rung(t), t.number),
     )
     rest = [t for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)]
     return complete + pruned + sorted(rest, key=lambda t: t.number)
@@ -58,41 +75,69 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def pruned_where(trial: FrozenTrial) -> str:
+    """``pruned at fold 0, epoch 2: 0.7123`` (the score at that rung), or ``diverged in fold 1``.
+
+    A pruned trial's score is measured at its rung (a fold's best epoch so far, or the mean of
+    the folds it trained), never a cross-validated mean, so it is shown apart from those.
+    """
+    where = trial.user_attrs.get(PRUNED_AT) or {}
+    fold, epoch, score = where.get("fold"), where.get("epoch"), where.get("score")
+    if trial.user_attrs.get(DIVERGED):
+        return f"diverged in fold {fold}"
+    at = "pruned" if fold is None else f"pruned at fold {fold}"
+    at += "" if epoch is None else f", epoch {epoch}"
+    return at if score is None else f"{at}: {score:.4f}"
+
+
 def _value_cell(trial: FrozenTrial) -> str:
     if trial.state == TrialState.COMPLETE:
         return f"{trial.value:.4f}"
-    scores = trial.user_attrs.get("fold_scores") or []
-    return f"({sum(scores) / len(scores):.4f})" if scores else "-"
+    return "-"
 
 
 def _note(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    origin = ""
+    if attrs.get(WARM_START_FROM):
+        origin = f"copied from {attrs[WARM_START_FROM]}; "
+    elif attrs.get(BASELINE) is not None:
+        origin = f"baseline {attrs[BASELINE]}; "
     if trial.state == TrialState.PRUNED:
-        return trial.user_attrs.get("pruned_reason", "pruned")
+        return origin + attrs.get(PRUNED_REASON, "pruned")
     if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get("fail_reason", "failed")
+        return origin + attrs.get("fail_reason", "failed")
     if trial.state == TrialState.RUNNING:
-        return "running"
-    return ""
+        return origin + "running"
+    return origin.removesuffix("; ")
 
 
 def trials_table(study: optuna.Study, *, top: int = 10, title: str | None = None) -> Table:
-    """The top ``top`` trials: value (mean over folds), its std, folds, epochs, time, params."""
+    """The top ``top`` trials: CV mean and std (complete only), where pruned ones stopped, effort.
+
+    A pruned trial's score is in its own column ("pruned at fold f, epoch e: score at that
+    rung"), never beside the complete trials' cross-validated means as if it were one.
+    """
     trials = ranked(study, visible_trials(study))
     table = Table(title=title, title_justify="left")
-    for header in ("#", "state", "value", "± std", "folds", "epochs", "seconds", "params"):
-        table.add_column(header, justify="right" if header != "params" else "left")
+    headers = ("#", "state", "CV mean", "± std", "pruned at: score", "folds", "epochs", "seconds")
+    for header in (*headers, "params"):
+        table.add_column(header, justify="left" if header in ("params", headers[4]) else "right")
     for trial in trials[:top]:
         attrs = trial.user_attrs
-        std = attrs.get("score_std")
+        std = attrs.get(SCORE_STD) if trial.state == TrialState.COMPLETE else None
+        note = _note(trial)
         table.add_row(
             str(trial.number),
             trial.state.name.lower(),
             _value_cell(trial),
             "-" if std is None else f"{std:.4f}",
-            str(len(attrs.get("fold_scores", []))),
-            str(attrs.get("epochs", "-")),
-            f"{attrs.get('seconds', 0):.0f}",
-            format_params(trial.params) + (f"  [{_note(trial)}]" if _note(trial) else ""),
+            pruned_where(trial) if trial.state == TrialState.PRUNED else "",
+            str(len(attrs.get(FOLD_SCORES, []))),
+            str(attrs.get(EPOCHS, "-")),
+            f"{attrs.get(SECONDS, 0):.0f}",
+            # Escaped: a note in brackets would otherwise be read as Rich markup and vanish.
+            escape(format_params(trial.params) + (f"  [{note}]" if note else "")),
         )
     return table
 
@@ -107,5 +152,5 @@ def summary_line(study: optuna.Study, target: int | None = None) -> str:
     best = ""
     if n.get("complete"):
         b = study.best_trial
-        best = f"; best {b.value:.4f} ± {b.user_attrs.get('score_std', 0):.4f} (trial {b.number})"
+        best = f"; best {b.value:.4f} ± {b.user_attrs.get(SCORE_STD, 0):.4f} (trial {b.number})"
     return f"{finished}{of} trials finished ({detail}){best}"

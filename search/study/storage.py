@@ -21,7 +21,7 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from optuna.trial import FrozenTrial
 
 from search.space.spacefile import Space
-from search.study.pruning import build_pruner
+from search.study.pruning import Rungs, build_pruner
 from search.study.resilient import PATIENCE, ResilientStorage
 from search.study.samplers import build_sampler
 from search.study.splits import assign_folds
@@ -190,9 +190,9 @@ def open_study(
     settings = space.settings
     pruner = build_pruner(
         settings["pruner"],
-        startup_trials=settings["pruner_startup_trials"],
-        warmup_epochs=settings["pruner_warmup_epochs"],
-        p_threshold=settings["pruner_p"],
+        rungs=Rungs.of(settings),
+        min_peers=settings["pruner_startup_trials"],
+        p=settings["pruner_p"],
     )
     direction = metrics.DIRECTIONS[space.config({}).metric]
     study = optuna.create_study(
@@ -203,6 +203,7 @@ def open_study(
             seed=space.config({}).seed,
             process_seed=process_seed,
             grouped=space.conditional,
+            space={name: s.distribution for name, s in space.searched.items()},
         ),
         pruner=pruner,
         direction=direction,

@@ -254,7 +254,9 @@ def trials_csv(trials: Sequence[FrozenTrial]) -> str:
     params = sorted({name for t in trials for name in t.params})
     header = ["number", "state", "value", "score_std", "folds", "epochs", "seconds"]
     header += [f"params_{name}" for name in params]
-    header += ["datetime_start", "datetime_complete", "pruned_at", "note", "mlflow_run_id"]
+    # A pruned trial's score at its rung is no cross-validated mean: it gets its own column.
+    header += ["datetime_start", "datetime_complete", "pruned_at", "pruned_score"]
+    header += ["note", "mlflow_run_id"]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
@@ -264,7 +266,7 @@ def trials_csv(trials: Sequence[FrozenTrial]) -> str:
             [
                 t.number,
                 t.state.name,
-                "" if t.value is None else t.value,
+                t.value if t.state == TrialState.COMPLETE else "",
                 attrs.get("score_std", ""),
                 len(attrs.get("fold_scores", [])),
                 attrs.get("epochs", ""),
@@ -273,6 +275,7 @@ def trials_csv(trials: Sequence[FrozenTrial]) -> str:
                 t.datetime_start or "",
                 t.datetime_complete or "",
                 pruned_at(t) or "",
+                (attrs.get("pruned_at") or {}).get("score", ""),
                 attrs.get("pruned_reason") or attrs.get("fail_reason") or "",
                 attrs.get("mlflow_run_id", ""),
             ]

@@ -487,7 +487,8 @@ class MlflowTracker(Hooks):
         self._refresh(study, force=True)
         others = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if self.active and not others:  # the last worker to stop closes the study run
-            status = {"done": "FINISHED", "timeout": "FINISHED", "interrupted": "KILLED"}
+            status = {"done": "FINISHED", "timeout": "FINISHED", "patience": "FINISHED"}
+            status["interrupted"] = "KILLED"
             self.guard(self.client.set_terminated, self.study_run_id, status.get(outcome, "FAILED"))
 
 

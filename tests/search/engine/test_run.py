@@ -97,7 +97,7 @@ def test_an_absurd_learning_rate_is_pruned_before_its_second_fold(tmp_path):
     path = tmp_path / "prune.py"
     path.write_text(
         SPACE.replace("lr = loguniform(1e-3, 5e-3)", "lr = choice(3e-3, 1e-7)")
-        + "pruner_startup_trials = 2\npruner_warmup_epochs = 1\nsampler = 'random'\n"
+        + "pruner_startup_trials = 2\nsampler = 'random'\n"
     )
     overrides = [*TINY, "epochs=3", "folds=3"]
     request = RunRequest(space=str(path), overrides=overrides, trials=3)

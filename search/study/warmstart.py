@@ -1,0 +1,148 @@
+"""``hpo run SPACE --warm-start OTHER``: start a study with the finished trials of another.
+
+A refined space (narrower ranges, a parameter now fixed, one more searched) starts informed:
+every finished trial of the other study whose configuration the new space can express is
+copied with `optuna.Study.add_trial`, its value, fold scores and outcome with it. Copying is
+refused when scores would not mean the same: other data, other folds, or a value fixed
+differently in both spaces (epochs, image size, metric, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from search.keys import (
+    DIVERGED,
+    EPOCHS,
+    FOLD_SCORES,
+    PRUNED_AT,
+    PRUNED_REASON,
+    SCORE_STD,
+    SECONDS,
+    SURPLUS,
+    WARM_START_FROM,
+    WARM_STARTED,
+)
+from search.space.spacefile import HARDWARE_FIELDS, Space
+from search.study.storage import StudyError
+from trainer.config import TrainConfig
+
+_KEPT = (FOLD_SCORES, SCORE_STD, EPOCHS, SECONDS, PRUNED_REASON, PRUNED_AT, DIVERGED, "config")
+_DEFAULTS = TrainConfig().to_dict()
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What a warm start did: ``copied`` maps the other study's trial numbers to this one's."""
+
+    source: str
+    copied: dict[int, int]
+    skipped: int
+    already: bool = False
+
+
+def _jsonish(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=list))
+
+
+def _resolved_fixed(fixed: dict[str, Any], searched: set[str]) -> dict[str, Any]:
+    values = {**_DEFAULTS, **fixed}
+    return {
+        k: _jsonish(v) for k, v in values.items() if k not in searched and k not in HARDWARE_FIELDS
+    }
+
+
+def check_source(study: optuna.Study, source: optuna.Study, name: str, space: Space) -> None:
+    """The other study measured scores as this one will, or a `StudyError` that says why not."""
+    attrs, mine = source.user_attrs, study.user_attrs
+    if attrs.get("hpo.content_id") != mine.get("hpo.content_id"):
+        raise StudyError(
+            f"Study '{name}' was run on other data (the files, labels or groups differ); "
+            "--warm-start needs a study of the same data."
+        )
+    if attrs.get("hpo.splits_id") != mine.get("hpo.splits_id"):
+        raise StudyError(
+            f"Study '{name}' used other folds (folds, holdout or seed differ); --warm-start "
+            "needs a study whose folds are the same, or its scores would not compare."
+        )
+    if source.direction != study.direction:
+        raise StudyError(f"Study '{name}' optimises in the other direction; pick another study.")
+    old_identity = attrs.get("hpo.identity", {})
+    old = _resolved_fixed(old_identity.get("fixed", {}), set(old_identity.get("searched", {})))
+    new = _resolved_fixed(dict(space.fixed), set(space.searched))
+    both = sorted(old.keys() & new.keys())
+    differ = [f"{k}={old[k]!r} there, {new[k]!r} here" for k in both if old[k] != new[k]]
+    if differ:
+        raise StudyError(
+            f"Study '{name}' trained with other fixed values ({'; '.join(differ)}), so its "
+            "scores would not compare; warm-start from a study with the same fixed values."
+        )
+
+
+def translate(trial: FrozenTrial, old_fixed: dict[str, Any], space: Space) -> dict | None:
+    """The new space's parameters for ``trial``, or None if the new space cannot express it."""
+    values = {**_DEFAULTS, **old_fixed, **trial.params}
+    new_fixed = _resolved_fixed(dict(space.fixed), set(space.searched))
+    if any(_jsonish(values.get(k)) != v for k, v in new_fixed.items()):
+        return None  # it searched a value this space fixes otherwise
+    params: dict[str, Any] = {}
+    resolved = {**_DEFAULTS, **space.fixed}
+    for name, searched in space.searched.items():
+        if not searched.active(resolved):
+            continue
+        value, dist = values.get(name), searched.distribution
+        try:
+            if value is None or not dist._contains(dist.to_internal_repr(value)):
+                return None
+        except (ValueError, TypeError):
+            return None
+        params[name] = resolved[name] = value
+    return params
+
+
+def _copy(trial: FrozenTrial, params: dict, space: Space, name: str, steps: bool) -> Any:
+    attrs = {k: trial.user_attrs[k] for k in _KEPT if k in trial.user_attrs}
+    attrs[WARM_START_FROM] = f"{name}#{trial.number}"
+    complete = trial.state == TrialState.COMPLETE
+    return create_trial(
+        state=trial.state,
+        value=trial.value if complete else None,
+        params=params,
+        distributions={k: space.searched[k].distribution for k in params},
+        user_attrs=attrs,
+        # Rung steps mean the same only when both studies have the same rungs.
+        intermediate_values=dict(trial.intermediate_values) if steps else {},
+    )
+
+
+def warm_start(study: optuna.Study, source: optuna.Study, name: str, space: Space) -> WarmStart:
+    """Copy every finished trial of ``source`` (study ``name``) that ``space`` can express.
+
+    Raises:
+        StudyError: The other study's scores would not compare (see `check_source`).
+    """
+    done = dict(study.user_attrs.get(WARM_STARTED, {}))
+    if name in done:
+        return WarmStart(name, {}, 0, already=True)
+    check_source(study, source, name, space)
+    identity = source.user_attrs.get("hpo.identity", {})
+    same_rungs = _jsonish(identity.get("settings", {}).get("pruner_epoch_rungs")) == _jsonish(
+        space.settings["pruner_epoch_rungs"]
+    )
+    old_fixed = dict(identity.get("fixed", {}))
+    finished = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    copied, skipped = {}, 0
+    for trial in (t for t in finished if not t.user_attrs.get(SURPLUS)):
+        params = translate(trial, old_fixed, space)
+        if params is None:
+            skipped += 1
+            continue
+        study.add_trial(_copy(trial, params, space, name, same_rungs))
+        copied[trial.number] = study.get_trials(deepcopy=False)[-1].number
+    study.set_user_attr(WARM_STARTED, {**done, name: len(copied)})
+    return WarmStart(name, copied, skipped)

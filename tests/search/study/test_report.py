@@ -1,0 +1,76 @@
+"""Tables of trials: a pruned trial's rung score is never shown as a cross-validated mean."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import optuna
+from optuna.trial import TrialState, create_trial
+from rich.console import Console
+
+from search.keys import (
+    DIVERGED,
+    EPOCHS,
+    FOLD_SCORES,
+    PRUNED_AT,
+    PRUNED_REASON,
+    SCORE_STD,
+    WARM_START_FROM,
+)
+from search.study.report import ranked, trials_table
+from search.tracking.artifacts import trials_csv
+
+
+def _study() -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    done = {FOLD_SCORES: [0.91, 0.93], SCORE_STD: 0.01, EPOCHS: 12}
+    study.add_trial(create_trial(value=0.92, user_attrs=done))
+    early = {
+        FOLD_SCORES: [],
+        EPOCHS: 2,
+        PRUNED_AT: {"fold": 0, "epoch": 2, "rung": 0, "score": 0.7123},
+        PRUNED_REASON: "fold 0, epoch 2 of 6 (1/3 of its schedule), best so far: below",
+    }
+    study.add_trial(
+        create_trial(state=TrialState.PRUNED, intermediate_values={0: 0.7123}, user_attrs=early)
+    )
+    late = {
+        FOLD_SCORES: [0.90, 0.80],
+        EPOCHS: 12,
+        PRUNED_AT: {"fold": 1, "epoch": None, "rung": 2, "score": 0.85},
+        PRUNED_REASON: "after 2 folds: ...",
+        WARM_START_FROM: "other#4",
+    }
+    study.add_trial(
+        create_trial(state=TrialState.PRUNED, intermediate_values={2: 0.85}, user_attrs=late)
+    )
+    nan = {DIVERGED: True, PRUNED_AT: {"fold": 1, "epoch": None, "rung": None}}
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={**nan, FOLD_SCORES: [0.9]}))
+    return study
+
+
+def _text(study: optuna.Study) -> list[str]:
+    console = Console(width=200, record=True)
+    console.print(trials_table(study))
+    return console.export_text().splitlines()
+
+
+def test_pruned_trials_show_where_they_stopped_and_their_score_there():
+    study = _study()
+    rows = {line.split("│")[1].strip(): line for line in _text(study) if line.startswith("│")}
+    assert "0.9200" in rows["0"] and "0.0100" in rows["0"]
+    assert "pruned at fold 0, epoch 2: 0.7123" in rows["1"]
+    assert "pruned at fold 1: 0.8500" in rows["2"] and "copied from other#4" in rows["2"]
+    assert "diverged in fold 1" in rows["3"]
+    # No pruned row has a number in the CV mean column (the old table showed "(0.8500)").
+    for number in ("1", "2", "3"):
+        assert rows[number].split("│")[3].strip() == "-"
+    assert [t.number for t in ranked(study, study.trials)] == [0, 2, 1, 3]
+
+
+def test_trials_csv_keeps_a_pruned_score_out_of_the_value_column():
+    rows = list(csv.DictReader(io.StringIO(trials_csv(_study().trials))))
+    assert rows[0]["value"] == "0.92" and rows[0]["pruned_score"] == ""
+    assert rows[1]["value"] == "" and rows[1]["pruned_score"] == "0.7123"
+    assert rows[1]["pruned_at"] == "fold 0, epoch 2"
