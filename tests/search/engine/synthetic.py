@@ -1,11 +1,11 @@
 """A synthetic trainer for search tests: learning curves from a formula, no model trained.
 
-`fake_fit` has `trainer.loop.fit`'s signature and behaviour towards its callbacks (an epoch's
-metrics in, a reason to stop out), so the real objective, pruner, sampler and trial loop run
-on it in milliseconds per trial. A config's quality depends on its backbone, learning rate,
-weight decay and dropout; a low learning rate learns slowly (a slow starter); each fold has
-its own difficulty and every score has noise, seeded by the config and the fold. Above
-lr=0.03 the evaluation turns NaN after the first epoch, above 0.05 the loss diverges.
+`fake_fit` has `trainer.loop.fit`'s signature and behaviour towards its hooks (each epoch's
+metrics to `after_epoch`, a reason to stop out), so the real objective, pruner, sampler and
+trial loop run on it in milliseconds per trial. A config's quality depends on its backbone,
+learning rate, weight decay and dropout; a low learning rate learns slowly (a slow starter);
+each fold has its own difficulty and every score has noise, seeded by the config and the fold.
+Above lr=0.03 the evaluation turns NaN after the first epoch, above 0.05 the loss diverges.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 
 from trainer.config import TrainConfig
-from trainer.loop import Diverged, EpochMetrics, FoldResult, Split
+from trainer.types import Diverged, EpochMetrics, FoldResult, Split
 
 BASE = {"test_resnet": 0.95, "test_convnext": 0.92, "test_vit": 0.88}
 FOLD_EFFECT = (0.004, -0.006, 0.002, -0.003, 0.003)
@@ -47,8 +47,8 @@ def curve(config: TrainConfig, fold: int) -> list[float]:
     return [final * s / shape[-1] + j for s, j in zip(shape, jitter, strict=True)]
 
 
-def fake_fit(config: TrainConfig, data: object, split: Split, callbacks=(), *args, **kwargs):
-    """`trainer.loop.fit` on a synthetic curve: the callbacks see every epoch; None stops it."""
+def fake_fit(config: TrainConfig, data: object, split: Split, hooks=(), *args, **kwargs):
+    """`trainer.loop.fit` on a synthetic curve: the hooks see every epoch; a reason stops it."""
     if config.lr > 0.05:
         raise Diverged("training loss became nan in epoch 2")
     scores = curve(config, split.fold)
@@ -58,7 +58,7 @@ def fake_fit(config: TrainConfig, data: object, split: Split, callbacks=(), *arg
     for epoch, score in enumerate(scores):
         row = EpochMetrics(split.fold, epoch, 1.0 - score, 1.0 - score, score, score, 0.0, score, 0)
         history.append(row)
-        reason = next((r for r in (cb(row) for cb in callbacks) if r), None)
+        reason = next((r for r in (hook.after_epoch(row) for hook in hooks) if r), None)
         if reason:
             break
     best = max(range(len(history)), key=lambda i: np.nan_to_num(history[i].score, nan=-1.0))
