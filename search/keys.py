@@ -28,3 +28,70 @@ WARM_START_FROM = "hpo.warm_start_from"  # "study#number" of the trial it was co
 # Study user attributes
 STOPPED = "hpo.stopped"  # {"reason", "finished"}: why the search stopped by itself
 WARM_STARTED = "hpo.warm_started"  # {study name: trials copied}
+
+# Study user attributes read by tracking
+STUDY_RUN_ATTR = "hpo.mlflow_run_id"  # the study's MLflow run, shared by every worker
+FINGERPRINT_ATTR = "hpo.fingerprint"
+CONTENT_ID_ATTR = "hpo.content_id"
+SPLITS_ID_ATTR = "hpo.splits_id"
+SPACE_SOURCE_ATTR = "hpo.space_source"
+
+# Trial user attributes read by tracking
+TRIAL_RUN_ATTR = "mlflow_run_id"  # the trial's MLflow run
+FAIL_REASON_ATTR = "fail_reason"
+TRACEBACK_ATTR = "traceback"
+
+# MLflow tags hpo sets (users filter on these; see docs/mlflow.md)
+KIND_TAG = "hpo.kind"  # one of the KIND_* values below
+KIND_STUDY, KIND_TRIAL, KIND_FOLD = "study", "trial", "fold"
+STUDY_TAG = "hpo.study"
+STUDY_KEY_TAG = "hpo.study_key"
+FOLD_TAG = "hpo.fold"
+TRIAL_NUMBER_TAG = "optuna.trial_number"
+STATE_TAG = "optuna.state"
+PRUNED_AT_TAG = "hpo.pruned_at"
+PRUNED_REASON_TAG = "hpo.pruned_reason"
+FAIL_REASON_TAG = "hpo.fail_reason"
+STOP_REASON_TAG = "hpo.stop_reason"
+DATA_TAG = "hpo.data"
+METRIC_TAG = "hpo.metric"
+DIRECTION_TAG = "hpo.direction"
+SPLITS_ID_TAG = "hpo.splits_id"
+SEARCHED_TAG = "hpo.searched"
+STORAGE_TAG = "hpo.storage"
+DEVICE_TAG = "hpo.device"
+WORKER_TAG = "hpo.worker"
+HOST_TAG = "hpo.host"
+GIT_DIRTY_TAG = "hpo.git_dirty"
+VERSION_TAG_PREFIX = "hpo.version."  # + a distribution's name, or python
+
+# MLflow's own tags
+PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+USER_TAG = "mlflow.user"
+SOURCE_NAME_TAG = "mlflow.source.name"
+SOURCE_TYPE_TAG = "mlflow.source.type"
+
+# MLflow metric names
+SCORE_MEAN_METRIC = "score_mean"  # a complete trial's value: the mean over its folds
+SCORE_STD_METRIC = "score_std"
+FOLD_SCORE_METRIC = "fold_score"  # on the trial run, step = fold
+TRIAL_SECONDS_METRIC = "trial_seconds"
+EPOCHS_METRIC = "epochs"
+EPOCH_SECONDS_METRIC = "epoch_seconds"
+BEST_SCORE_METRIC = "best_score"
+BEST_EPOCH_METRIC = "best_epoch"
+FOLD_SECONDS_METRIC = "fold_seconds"
+TRIALS_METRIC_PREFIX = "trials_"  # + complete, pruned or fail, on the study run
+
+# MLflow artifacts
+CONFIG_ARTIFACT = "config.yaml"
+OOF_ARTIFACT = "oof_predictions.csv"
+CONFUSION_ARTIFACT = "confusion_matrix.png"
+TRACEBACK_ARTIFACT = "traceback.txt"
+TRIALS_ARTIFACT = "trials.csv"
+HISTORY_ARTIFACT = "optimization_history.png"
+IMPORTANCE_ARTIFACT = "param_importances.png"
+DATA_SUMMARY_ARTIFACT = "data_summary"  # + .json and .txt
+SPACE_ARTIFACT = "space.py"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import numpy as np
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from search.space.spacefile import Space
 from search.study.pruning import Rungs, build_pruner
@@ -94,29 +97,42 @@ def open_storage(
         backend = _connect(url, kwargs, beat)
     except ImportError as err:  # Optuna's wording hides which module is missing
         raise StudyError(
-            f"The database driver for the study storage '{_redact(url)}' is not installed "
+            f"The database driver for the study storage '{redact_url(url)}' is not installed "
             f"({_first_line(err.__cause__ or err)}); install it (pip install 'hpo[postgres]', "
             "i.e. psycopg 3, for PostgreSQL) or pass another --storage URL."
         ) from None
     except Exception as err:  # SQLAlchemy raises many kinds for bad URLs and dead servers
         raise StudyError(
-            f"Cannot open the study storage '{_redact(url)}' ({_first_line(err)}); check the "
+            f"Cannot open the study storage '{redact_url(url)}' ({_first_line(err)}); check the "
             "URL (e.g. postgresql://user@host:5432/db) and that the database server is running."
         ) from None
-    return ResilientStorage(backend, name=_redact(url), patience=patience)
+    return ResilientStorage(backend, name=redact_url(url), patience=patience)
+
+
+# Told about every trial whose process died, after its retry is queued: e.g. tracking closes
+# the trial's MLflow run. Registered from above (the study layer knows nothing of MLflow).
+StaleTrialListener = Callable[[optuna.Study, FrozenTrial], None]
+_STALE_LISTENERS: list[StaleTrialListener] = []
+
+
+def on_stale_trial(listener: StaleTrialListener) -> None:
+    """Call ``listener(study, trial)`` for each trial Optuna's heartbeat fails in this process.
+
+    Registering the same listener again does nothing. A listener must not raise: it runs inside
+    Optuna's `fail_stale_trials`, before this process's next trial.
+    """
+    if listener not in _STALE_LISTENERS:
+        _STALE_LISTENERS.append(listener)
 
 
 def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """A trial whose process died: Optuna queues its parameters again; its MLflow run is closed.
+    """A trial whose process died: Optuna queues its parameters again; listeners are told.
 
     Called by `optuna.storages.fail_stale_trials` in whichever process notices first.
     """
     _RETRY(study, trial)
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        from search.tracking.tracker import close_stale_run
-
-        close_stale_run(run_id)
+    for listener in list(_STALE_LISTENERS):
+        listener(study, trial)
 
 
 _RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2)
@@ -159,12 +175,15 @@ def _creation_race(err: Exception) -> bool:
     return any(s in text for s in ("UNIQUE constraint", "already exists", "database is locked"))
 
 
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest and ":" in rest.split("@", 1)[0]:
-        user = rest.split("@", 1)[0].split(":", 1)[0]
-        rest = f"{user}:***@{rest.split('@', 1)[1]}"
-    return scheme + sep + rest
+def redact_url(url: str) -> str:
+    """A database URL with its password hidden (``postgresql://user:***@host/db``).
+
+    A string SQLAlchemy cannot read as a URL is returned as it is.
+    """
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url
 
 
 def _first_line(err: BaseException) -> str:

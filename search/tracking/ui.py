@@ -45,7 +45,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the UI (or point at the tracking server), print the address, wait for Ctrl-C."""
-    from search.tracking.tracker import prepare_mlflow
+    from search.tracking.writer import prepare_mlflow
 
     prepare_mlflow()
     import mlflow

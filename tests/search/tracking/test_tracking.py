@@ -11,7 +11,10 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +31,13 @@ from rich.console import Console
 from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.hooks import Hooks
+from search.keys import STUDY_RUN_ATTR, TRIAL_RUN_ATTR
+from search.study import storage
+from search.study.storage import open_storage, redact_url
 from search.tracking.artifacts import outcome_tags, run_status
-from search.tracking.tracker import (
-    STUDY_RUN_ATTR,
-    TRIAL_RUN_ATTR,
-    Guard,
-    MlflowTracker,
-    close_stale_run,
-    prepare_mlflow,
-    stopped_message,
-    tracking_hook,
-)
+from search.tracking.runs import close_stale_run, close_stale_trial_run
+from search.tracking.tracker import MlflowTracker, tracking_hook
+from search.tracking.writer import Guard, prepare_mlflow, stopped_message
 
 SPACE = """\
 from search.space import choice, loguniform
@@ -343,7 +342,7 @@ def test_workers_starting_together_settle_on_one_study_run():
     for thread in threads:
         thread.join()
     for tracker in trackers:  # what each does when its next trial starts
-        tracker._follow_study_run(current.study)
+        tracker.election.follow(current.study)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("race").experiment_id
     active = client.search_runs([experiment], "tags.hpo.kind = 'study'")
@@ -355,11 +354,11 @@ def test_a_worker_joins_the_study_run_another_worker_stored():
     current = prepare(RunRequest(space=str(write_space(Path.cwd(), "join")), progress=False))
     first = MlflowTracker(current)
     mine = first.client.create_run(first.experiment_id, tags={"mlflow.parentRunId": "x"})
-    first.mine.append(mine.info.run_id)
+    first.election.mine.append(mine.info.run_id)
     other = first.client.create_run(first.experiment_id, tags={"hpo.kind": "study"})
     current.study.set_user_attr(STUDY_RUN_ATTR, other.info.run_id)
     dropped = first.study_run_id
-    first._follow_study_run(current.study)
+    first.election.follow(current.study)
     assert first.study_run_id == other.info.run_id
     moved = first.client.get_run(mine.info.run_id)
     assert moved.data.tags["mlflow.parentRunId"] == other.info.run_id
@@ -435,3 +434,48 @@ def test_close_stale_run_kills_a_dead_workers_runs():
     assert "died" in tags["hpo.fail_reason"]
     assert not close_stale_run(trial_run)  # already closed
     assert not close_stale_run("0" * 32)  # unknown run: no error
+
+
+def test_a_trial_whose_worker_died_has_its_runs_closed_by_the_next_worker(monkeypatch):
+    monkeypatch.setattr(storage, "_STALE_LISTENERS", [])
+    current = prepare(RunRequest(space=str(write_space(Path.cwd(), "dead")), progress=False))
+    tracker = MlflowTracker(current)  # the next worker's tracker: it listens for stale trials
+    client, experiment = tracker.client, tracker.experiment_id
+    trial_run = client.create_run(experiment, tags={"hpo.kind": "trial"}).info.run_id
+    fold_run = client.create_run(experiment, tags={"mlflow.parentRunId": trial_run}).info.run_id
+    beating = open_storage(current.place.storage_url, heartbeat=1)
+    study = optuna.load_study(study_name="dead", storage=beating)
+    trial = study.ask()  # the dead worker's trial: RUNNING, its last heartbeat long ago
+    trial.suggest_float("lr", 1e-3, 1e-2, log=True)
+    trial.set_user_attr(TRIAL_RUN_ATTR, trial_run)
+    beating.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # past the grace period (3 s for a 1 s heartbeat)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[trial.number].state == TrialState.FAIL
+    assert close_stale_trial_run in storage._STALE_LISTENERS  # the tracker registered it
+    for run_id in (trial_run, fold_run):
+        assert client.get_run(run_id).info.status == "KILLED", (run_id, tracker.uri)
+    assert "died" in client.get_run(trial_run).data.tags["hpo.fail_reason"]
+
+
+def test_the_study_layer_does_not_import_tracking():
+    code = (
+        "import sys, search.study.storage, search.study.report\n"
+        "print(sorted(m for m in sys.modules if m.startswith('search.tracking')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_storage_urls_are_shown_without_their_password(tracked):
+    assert redact_url("postgresql://optuna:s3cret@db:5432/hpo") == (
+        "postgresql://optuna:***@db:5432/hpo"
+    )
+    assert redact_url("postgresql+psycopg://u:p%40ss@db/hpo?sslmode=require") == (
+        "postgresql+psycopg://u:***@db/hpo?sslmode=require"
+    )
+    assert redact_url("postgresql://optuna@db/hpo") == "postgresql://optuna@db/hpo"
+    assert redact_url("not a url: kept") == "not a url: kept"
+    (study_run,) = tracked.kind("study")
+    stored = f"sqlite:///{tracked.folder / 'studies' / 'tiny' / 'study.db'}"
+    assert study_run.data.tags["hpo.storage"] == stored

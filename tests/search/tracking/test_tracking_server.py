@@ -25,8 +25,10 @@ from rich.console import Console
 from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.hooks import Hooks
-from search.tracking.tracker import TRIAL_RUN_ATTR, MlflowTracker, prepare_mlflow, tracking_hook
+from search.keys import TRIAL_RUN_ATTR
+from search.tracking.tracker import MlflowTracker, tracking_hook
 from search.tracking.ui import free_port, server_command, start_server, stop_server
+from search.tracking.writer import prepare_mlflow
 from tests.search.tracking.test_tracking import write_space
 
 STOPPED = "stopped answering"
