@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from search.cli.main import build_parser, main
-from search.engine.run import RunRequest
+from search.context import RunRequest
 from search.engine.workers import WorkersFailed, outcome_of, worker_command
 from search.study.storage import StudyPlace
 

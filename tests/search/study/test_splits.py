@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.engine.run import RunRequest, prepare
+from search.context import RunRequest
+from search.engine.run import prepare
 from search.study.splits import HOLDOUT, assign_folds, fold_splits, holdout_indices
 from search.study.storage import stored_folds
 from trainer.errors import DataError
