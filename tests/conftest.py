@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 # Must be set before huggingface_hub or albumentations are imported (see library-facts.md).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,6 +14,11 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import pytest
 import torch
+
+# Child processes (`python -m search.cli ...`) must import this checkout's packages, not those of
+# another checkout installed in editable mode into the same environment.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
