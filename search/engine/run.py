@@ -25,8 +25,10 @@ from search.study.storage import (
     StudyError,
     StudyPlace,
     check_study,
+    holdout_note,
     open_storage,
     open_study,
+    resolve_holdout,
     splits_id,
     stored_folds,
 )
@@ -83,6 +85,7 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     table = load_table(space.settings["data"])
     heartbeat = request.heartbeat or space.settings["heartbeat"]
     storage = open_storage(place.storage_url, heartbeat=heartbeat)
+    space = resolve_holdout(storage, place, space, table)  # what the study stores
     check_study(storage, place, space, table)  # before decoding: a mismatch fails in seconds
     check_images(space, table, progress=request.progress)
     process_seed = _process_seed(request, space.config({}).seed)
@@ -96,7 +99,11 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     splits = fold_splits(np.asarray(fold_of), space.settings["folds"])
     data = StudyData(table, splits, splits_id(fold_of), progress=request.progress)
     target = request.trials or space.settings["trials"]
-    return StudyRun(request, space, place, table, study, data, target, console or make_console())
+    console = console or make_console()
+    note = holdout_note(space, len(table))
+    if note and request.worker == 0:
+        console.print(f"[yellow]{note}[/yellow]")
+    return StudyRun(request, space, place, table, study, data, target, console)
 
 
 def _process_seed(request: RunRequest, seed: int) -> int:

@@ -15,6 +15,7 @@ from trainer.augment import TTA_MODES
 
 PRUNERS = ("median", "percentile", "wilcoxon", "none")
 TRACKING = ("mlflow", "none")
+ENSEMBLES = ("select", "best")
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def _p_value(value: Any) -> str | None:
 SETTINGS: dict[str, Setting] = {
     "data": Setting("builtin:digits", _text),
     "folds": Setting(5, _int_at_least(2)),
-    "holdout": Setting(0.0, _fraction(0.5)),
+    # None: 0.1 for data of at least 1,000 images, else 0 (see search.study.storage).
+    "holdout": Setting(None, _optional(_fraction(0.5))),
     "sampler": Setting("tpe", _one_of(SAMPLERS)),
     "pruner": Setting("median", _one_of(PRUNERS)),
     "pruner_startup_trials": Setting(3, _int_at_least(1)),
@@ -84,6 +86,7 @@ SETTINGS: dict[str, Setting] = {
     "max_failures": Setting(5, _int_at_least(1), run_control=True),
     "tracking": Setting("mlflow", _one_of(TRACKING), run_control=True),
     "heartbeat": Setting(20, _int_at_least(1), run_control=True),
-    "top_k": Setting(1, _int_at_least(1), run_control=True),
+    "top_k": Setting(5, _int_at_least(1), run_control=True),
+    "ensemble": Setting("select", _one_of(ENSEMBLES), run_control=True),
     "tta": Setting("none", _one_of(TTA_MODES), run_control=True),
 }
