@@ -142,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    _quiet_libraries()
+    if args.verb != "predict":  # predict uses neither; `predict --onnx` must not import torch
+        _quiet_libraries()
     try:
         return args.handler(args)
     except UserError as err:
