@@ -99,11 +99,7 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     splits = fold_splits(np.asarray(fold_of), space.settings["folds"])
     data = StudyData(table, splits, splits_id(fold_of), progress=request.progress)
     target = request.trials or space.settings["trials"]
-    console = console or make_console()
-    note = holdout_note(space, len(table))
-    if note and request.worker == 0:
-        console.print(f"[yellow]{note}[/yellow]")
-    return StudyRun(request, space, place, table, study, data, target, console)
+    return StudyRun(request, space, place, table, study, data, target, console or make_console())
 
 
 def _process_seed(request: RunRequest, seed: int) -> int:
@@ -217,3 +213,6 @@ def _report(current: StudyRun) -> None:
     console.print(trials_table(current.study, title=f"Top trials of study '{current.place.name}'"))
     console.print(f"Study storage: {current.place.storage_url}")
     console.print(f"Study folder:  {current.place.folder}")
+    note = holdout_note(current.space, len(current.table))
+    if note:  # beside the scores it is about
+        console.print(f"[yellow]{note}[/yellow]")

@@ -274,8 +274,8 @@ assert "torch" not in sys.modules, "the --onnx path imported torch"
     by_onnx = pd.read_csv("onnx.csv", keep_default_na=False).set_index("path")
     assert sorted(by_onnx.index) == sorted([*names, "broken.png"])
     assert by_onnx.loc["broken.png", "label"] == ""
-    rows = by_torch.loc[names, PROBS].to_numpy()
-    assert np.abs(by_onnx.loc[names, PROBS].to_numpy() - rows).max() <= 1e-4
+    rows = by_torch.loc[names, PROBS].to_numpy(dtype=float)
+    assert np.abs(by_onnx.loc[names, PROBS].to_numpy(dtype=float) - rows).max() <= 1e-4
     assert list(by_onnx.loc[names, "label"]) == list(by_torch.loc[names, "label"])
 
 

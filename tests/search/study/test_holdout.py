@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from search.engine.run import RunRequest, prepare
+from search.engine.run import RunRequest, finish, prepare
 from search.study.splits import holdout_indices
 from search.study.storage import stored_folds
 
@@ -17,10 +17,12 @@ SPACE = "backbone = 'test_vit'\nimage_size = 32\nfolds = 2\ntracking = 'none'\n"
 
 
 def _prepare(space: str, *overrides: str) -> tuple[object, str]:
+    """Prepare the study, then print what `hpo run` prints at its end (the note goes there)."""
     Path("space.py").write_text(space)
     out = io.StringIO()
-    request = RunRequest(space="space.py", overrides=overrides, progress=False)
+    request = RunRequest(space="space.py", overrides=overrides, progress=False, export=False)
     run = prepare(request, Console(file=out, width=400))
+    finish(run, "done")
     return run, out.getvalue()
 
 
