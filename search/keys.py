@@ -95,3 +95,9 @@ HISTORY_ARTIFACT = "optimization_history.png"
 IMPORTANCE_ARTIFACT = "param_importances.png"
 DATA_SUMMARY_ARTIFACT = "data_summary"  # + .json and .txt
 SPACE_ARTIFACT = "space.py"
+
+# MLflow model registry: tags on a registered model version, and the alias of the best one.
+MODEL_SCORE_TAG = "hpo.score"
+MODEL_SCORE_KIND_TAG = "hpo.score_kind"
+MODEL_METRIC_TAG = "hpo.metric"
+CHAMPION_ALIAS = "champion"

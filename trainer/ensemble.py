@@ -1,7 +1,8 @@
 """A soft-voting ensemble of trained fold models, loaded from an export folder.
 
 An export folder holds ``manifest.json`` (classes, TTA, and per member: weights file, resolved
-`TrainConfig`, normalisation) and one safetensors file per member. Loading it needs only this
+`TrainConfig`, normalisation, voting weight; see `trainer.manifest`) and one safetensors file
+per member. Loading it needs only this
 package: no study storage, no MLflow, and no pickled code (weights are read with safetensors).
 
 Images are preprocessed exactly as in training: squashed to the member's ``image_size`` with
@@ -10,13 +11,10 @@ Images are preprocessed exactly as in training: squashed to the member's ``image
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,177 +30,15 @@ from trainer.device import pick_device
 from trainer.errors import DataError, UserError
 from trainer.images import decode_image, resize_array, to_rgb, unreadable_reason
 from trainer.loader import stats_tensors, to_model_input
+from trainer.manifest import (
+    EXPORT_AGAIN,
+    MANIFEST,
+    ExportError,
+    Manifest,
+    MemberSpec,
+    file_sha256,
+)
 from trainer.models import build_model
-
-MANIFEST = "manifest.json"
-FORMAT = 1
-_AGAIN = "export the study again with `hpo export STUDY`"
-
-
-class ExportError(UserError):
-    """An export folder that cannot be loaded; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class MemberSpec:
-    """One member as the manifest describes it.
-
-    Attributes:
-        name: Short unique name, e.g. ``trial3-fold0``.
-        weights: Path of the safetensors file, relative to the export folder.
-        config: The resolved `TrainConfig` the member was trained with, as a dict.
-        mean: Per-channel normalisation mean for inputs in [0, 1].
-        std: Per-channel normalisation std.
-        sha256: Hex digest of the weights file (checked on load).
-        trial: The Optuna trial number it comes from, if any.
-        fold: The fold it was trained on (its validation fold), if any.
-        architecture: For an ``hf-hub:`` or ``local-dir:`` backbone, what timm read from its
-            source (`trainer.models.resolve_architecture`), so loading needs no hub or folder.
-    """
-
-    name: str
-    weights: str
-    config: Mapping[str, Any]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    sha256: str
-    trial: int | None = None
-    fold: int | None = None
-    architecture: Mapping[str, Any] | None = None
-
-    @property
-    def image_size(self) -> int:
-        """Side of the square input in pixels."""
-        return int(self.config["image_size"])
-
-    @property
-    def backbone(self) -> str:
-        """The timm model name."""
-        return str(self.config["backbone"])
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What an export folder holds; ``info`` (study, scores) is free-form, not needed to load."""
-
-    classes: tuple[str, ...]
-    members: tuple[MemberSpec, ...]
-    tta: str = "none"
-    info: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form, with top-level summaries of backbone, image size and normalisation."""
-        return {
-            "format": FORMAT,
-            "classes": list(self.classes),
-            "backbone": _summary(m.backbone for m in self.members),
-            "image_size": _summary(m.image_size for m in self.members),
-            "mean": _summary(list(m.mean) for m in self.members),
-            "std": _summary(list(m.std) for m in self.members),
-            "voting": "soft",
-            "tta": self.tta,
-            "members": [_member_dict(m) for m in self.members],
-            **self.info,
-        }
-
-    def write(self, folder: Path) -> Path:
-        """Write ``manifest.json`` into ``folder``; returns its path."""
-        path = Path(folder) / MANIFEST
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def read(cls, folder: Path) -> Manifest:
-        """Read and check ``folder/manifest.json``.
-
-        Raises:
-            ExportError: The folder or manifest is missing, or the manifest is not valid.
-        """
-        path = _manifest_path(Path(folder))
-        try:
-            data = json.loads(path.read_text())
-            return _parse_manifest(data)
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise ExportError(
-                f"{path} is not a valid hpo manifest ({type(err).__name__}: {err}); {_AGAIN}."
-            ) from None
-
-
-def _summary(values: Iterable[Any]) -> Any:
-    unique = [json.loads(v) for v in dict.fromkeys(json.dumps(v) for v in values)]
-    return unique[0] if len(unique) == 1 else unique
-
-
-def _member_dict(member: MemberSpec) -> dict[str, Any]:
-    architecture = {} if member.architecture is None else {"architecture": member.architecture}
-    return {
-        "name": member.name,
-        "weights": member.weights,
-        "sha256": member.sha256,
-        "trial": member.trial,
-        "fold": member.fold,
-        "mean": list(member.mean),
-        "std": list(member.std),
-        "config": dict(member.config),
-        **architecture,
-    }
-
-
-def _manifest_path(folder: Path) -> Path:
-    if not folder.is_dir():
-        raise ExportError(
-            f"Export folder {folder} does not exist; pass the folder `hpo export` wrote "
-            "(studies/<study>/export)."
-        )
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise ExportError(f"Export folder {folder} has no {MANIFEST}; {_AGAIN}.")
-    return path
-
-
-def _parse_manifest(data: dict[str, Any]) -> Manifest:
-    if data.get("format", 0) > FORMAT:
-        raise ValueError(f"format {data['format']} is newer than this hpo reads ({FORMAT})")
-    members = tuple(
-        MemberSpec(
-            name=str(m["name"]),
-            weights=str(m["weights"]),
-            config=dict(m["config"]),
-            mean=tuple(float(v) for v in m["mean"]),
-            std=tuple(float(v) for v in m["std"]),
-            sha256=str(m.get("sha256", "")),
-            trial=m.get("trial"),
-            fold=m.get("fold"),
-            architecture=_architecture(m.get("architecture")),
-        )
-        for m in data["members"]
-    )
-    classes = tuple(str(c) for c in data["classes"])
-    if not members or len(classes) < 2:
-        raise ValueError("it lists no members or fewer than two classes")
-    tta = str(data.get("tta", "none"))
-    tta_views(tta)  # an unknown mode is a ConfigError here, not at the first prediction
-    return Manifest(classes, members, tta=tta)
-
-
-def _architecture(value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    return {
-        "name": str(value["name"]),
-        "pretrained_cfg": dict(value["pretrained_cfg"]),
-        "model_args": dict(value["model_args"]),
-    }
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 # --- loading members ---------------------------------------------------------------------------
 
@@ -216,6 +52,7 @@ class Member:
     image_size: int
     mean: torch.Tensor
     std: torch.Tensor
+    weight: float = 1.0
 
 
 def load_member(folder: Path, spec: MemberSpec, classes: int, device: torch.device) -> Member:
@@ -233,28 +70,28 @@ def load_member(folder: Path, spec: MemberSpec, classes: int, device: torch.devi
         config = TrainConfig(**{**spec.config, "pretrained": False})
     except (TypeError, UserError) as err:
         raise ExportError(
-            f"Member {spec.name} in {folder / MANIFEST} has a bad config ({err}); {_AGAIN}."
+            f"Member {spec.name} in {folder / MANIFEST} has a bad config ({err}); {EXPORT_AGAIN}."
         ) from None
     model = build_model(config, classes, architecture=spec.architecture)
     _check_fits(model, state, path, classes)
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
     mean, std = stats_tensors(spec.mean, spec.std, device)
-    return Member(spec.name, model, config.image_size, mean, std)
+    return Member(spec.name, model, config.image_size, mean, std, spec.weight)
 
 
 def _read_weights(path: Path, spec: MemberSpec) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise ExportError(f"Weights file {path} of member {spec.name} is missing; {_AGAIN}.")
+        raise ExportError(f"Weights file {path} of member {spec.name} is missing; {EXPORT_AGAIN}.")
     if spec.sha256 and file_sha256(path) != spec.sha256:
         raise ExportError(
             f"Weights file {path} does not match the checksum in {MANIFEST} (changed or "
-            f"damaged); {_AGAIN}."
+            f"damaged); {EXPORT_AGAIN}."
         )
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        raise ExportError(f"Weights file {path} cannot be read ({err}); {_AGAIN}.") from None
+        raise ExportError(f"Weights file {path} cannot be read ({err}); {EXPORT_AGAIN}.") from None
 
 
 def _check_fits(
@@ -268,13 +105,14 @@ def _check_fits(
     if head is not None and head != classes:
         raise ExportError(
             f"Weights file {path} has a classifier for {head} classes but {MANIFEST} lists "
-            f"{classes}; use the weights and manifest of the same export, or {_AGAIN}."
+            f"{classes}; use the weights and manifest of the same export, or {EXPORT_AGAIN}."
         )
     if wrong or missing or extra:
         first = (wrong or missing or extra)[0]
         raise ExportError(
             f"Weights file {path} does not fit its backbone ({len(wrong)} tensors of another "
-            f"shape, {len(missing)} missing, {len(extra)} unexpected, e.g. {first}); {_AGAIN}."
+            f"shape, {len(missing)} missing, {len(extra)} unexpected, e.g. {first}); "
+            f"{EXPORT_AGAIN}."
         )
 
 
@@ -294,6 +132,9 @@ def _head_classes(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> 
 class Ensemble:
     """Averages the class probabilities of its members (soft voting), optionally over TTA views.
 
+    The vote is weighted by the members' ``weight`` (normalised to sum 1): an export built by
+    ensemble selection gives each trial's fold models the share the selection chose.
+
     Args:
         members: The loaded members.
         classes: Class names; column ``i`` of every probability matrix is ``classes[i]``.
@@ -312,6 +153,8 @@ class Ensemble:
         tta_views(tta)
         self.members, self.classes, self.tta = list(members), tuple(classes), tta
         self.device = device or torch.device("cpu")
+        shares = np.array([m.weight for m in self.members], dtype=np.float64)
+        self.weights = (shares / shares.sum()).astype(np.float32)
 
     @classmethod
     def load(
@@ -369,8 +212,8 @@ class Ensemble:
         *,
         tta: str | None = None,
     ) -> np.ndarray:
-        """Class probabilities ``(N, classes)``: the mean over members (soft voting)."""
-        return self.member_probs(images, tta=tta).mean(axis=0)
+        """Class probabilities ``(N, classes)``: the weighted mean over members (soft voting)."""
+        return np.tensordot(self.weights, self.member_probs(images, tta=tta), axes=1)
 
     def predict_files(
         self,

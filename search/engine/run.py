@@ -30,9 +30,11 @@ from search.study.storage import (
     StudyError,
     StudyPlace,
     check_study,
+    holdout_note,
     load_hpo_study,
     open_storage,
     open_study,
+    resolve_holdout,
     splits_id,
     stored_folds,
 )
@@ -56,6 +58,7 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     heartbeat = request.heartbeat or space.settings["heartbeat"]
     patience = space.settings["storage_patience"]
     storage = open_storage(place.storage_url, heartbeat=heartbeat, patience=patience)
+    space = resolve_holdout(storage, place, space, table)  # what the study stores
     check_study(storage, place, space, table)  # before decoding: a mismatch fails in seconds
     check_images(space, table, progress=request.progress)
     process_seed = _process_seed(request, space.config({}).seed)
@@ -241,3 +244,6 @@ def _report(current: StudyRun) -> None:
     console.print(trials_table(current.study, title=f"Top trials of study '{current.place.name}'"))
     console.print(f"Study storage: {current.place.storage_url}")
     console.print(f"Study folder:  {current.place.folder}")
+    note = holdout_note(current.space, len(current.table))
+    if note:  # beside the scores it is about
+        console.print(f"[yellow]{note}[/yellow]")

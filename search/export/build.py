@@ -1,61 +1,47 @@
-"""Building an export: choose the trials, copy their fold weights, score, write, publish.
+"""Building an export: choose the members, copy their weights, score, write ONNX, publish.
 
 See `search.export.study_export` for what an export holds and the entry points that use this
-module; this one imports the whole trainer, so the `hpo` command imports it only when it exports.
+module (with `search.export.source` for what it reads); this one imports the whole trainer, so
+the `hpo` command imports it only when it exports.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
 import os
 import shutil
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 from rich.console import Console
 
-from search.export.checkpoints import load_oof, oof_path, top_trials, trial_dir, weights_path
-from search.export.report import (
-    ExportScores,
-    best_space_text,
-    flat_metrics,
-    holdout_rows,
-    markdown,
-    measure,
-    show,
+from search.export.checkpoints import oof_path, top_trials, trial_dir, weights_path
+from search.export.onnx_model import OnnxCheck, write_onnx
+from search.export.report import ExportScores, best_space_text, flat_metrics, markdown, show
+from search.export.scoring import (
+    CrossValidated,
+    Holdout,
+    cross_validated,
+    export_rows,
+    scored_members,
 )
+from search.export.selection import Selection, select
+from search.export.source import StudySource
 from search.export.study_export import NothingToExport
-from search.space.settings import SETTINGS
+from search.space.settings import ENSEMBLES
 from search.space.spacefile import load_space
 from search.study.splits import holdout_indices
-from search.study.storage import StudyError, StudyPlace, load_hpo_study, stored_folds
+from search.study.storage import stored_folds
+from trainer import metrics
 from trainer.augment import tta_views
 from trainer.config import TrainConfig
-from trainer.ensemble import Ensemble, Manifest, MemberSpec, file_sha256
+from trainer.device import pick_device
+from trainer.ensemble import Ensemble, Manifest, MemberSpec, file_sha256, load_member
+from trainer.errors import ConfigError
 from trainer.models import build_model, normalization, resolve_architecture
 
-if TYPE_CHECKING:
-    from search.context import StudyRun
-    from trainer.sources import ImageTable
-
 MEMBERS = "members"
-
-
-@dataclass(frozen=True)
-class StudySource:
-    """What an export reads: the study, its place and settings, and its data on demand."""
-
-    study: optuna.Study
-    place: StudyPlace
-    settings: Mapping[str, Any]
-    labels: Callable[[], np.ndarray]
-    images: Callable[[int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -67,127 +53,82 @@ class ExportResult:
     trials: tuple[int, ...]
     members: tuple[str, ...]
     scores: ExportScores
+    manifest: Manifest
+    onnx: OnnxCheck
     model_uri: str | None = None
-
-
-def run_source(run: StudyRun) -> StudySource:
-    """What the export of a study that just ran reads: everything is in memory already."""
-    settings = run.space.settings
-    return StudySource(run.study, run.place, settings, lambda: run.table.labels, _images(run))
-
-
-def _images(run: StudyRun) -> Callable[[int], np.ndarray]:
-    return lambda size: run.data.images(size).images
-
-
-def storage_source(name: str, *, storage: str | None, data: str | None) -> StudySource:
-    """What the export of a study found by name in its storage reads; data is read lazily.
-
-    Raises:
-        StudyError: The study does not exist.
-    """
-    place = StudyPlace.of(name, storage)
-    study = load_hpo_study(place)
-    settings = stored_settings(study)
-    reader = _DataReader(study, data or settings["data"])
-    return StudySource(study, place, settings, reader.labels, reader.images)
+    champion: bool = False
 
 
 def export(
-    source: StudySource, *, top_k: int | None, tta: str | None, console: Console, mlflow: bool
+    source: StudySource,
+    *,
+    top_k: int | None,
+    tta: str | None,
+    console: Console,
+    mlflow: bool,
+    ensemble: str | None = None,
 ) -> ExportResult:
     """Build the export, print its scores and, if asked, log it to MLflow."""
-    result = build_export(source, top_k=top_k, tta=tta)
-    show(result.scores, console, folder=result.folder)
+    result = build_export(source, top_k=top_k, tta=tta, ensemble=ensemble)
+    show(result.scores, console, folder=result.folder, manifest=result.manifest)
     return log_to_mlflow(result, source.study, console) if mlflow else result
-
-
-def stored_settings(study: optuna.Study) -> dict[str, Any]:
-    """The study's settings from its storage alone.
-
-    Identity settings come from the stored identity. Run control (``top_k``, ``tta``,
-    ``tracking``) is not part of it: it comes from the study user attribute ``hpo.run_control``
-    (the last run's values) when `hpo run` stored one, else from the literal assignments of the
-    stored space file, read without running it.
-    """
-    attrs = study.user_attrs
-    settings = {name: s.default for name, s in SETTINGS.items()}
-    settings.update(_literal_settings(attrs.get("hpo.space_source", "")))
-    settings.update(attrs.get("hpo.run_control", {}))
-    settings.update(attrs["hpo.identity"]["settings"])
-    settings["data"] = attrs["hpo.data"]
-    return settings
-
-
-def _literal_settings(source: str) -> dict[str, Any]:
-    try:
-        body = ast.parse(source).body
-    except SyntaxError:
-        return {}
-    found = {}
-    for node in body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else None
-        if isinstance(target, ast.Name) and target.id in SETTINGS:
-            try:
-                found[target.id] = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-    return found
-
-
-class _DataReader:
-    """The study's data, read once and only when needed (labels for the holdout, images)."""
-
-    def __init__(self, study: optuna.Study, data: str) -> None:
-        self.study, self.data = study, data
-
-    @functools.cached_property
-    def table(self) -> ImageTable:
-        from trainer.sources import load_table
-
-        table = load_table(self.data)
-        if table.content_id != self.study.user_attrs["hpo.content_id"]:
-            raise StudyError(
-                f"Data '{self.data}' is not the data study '{self.study.study_name}' ran on "
-                "(files, labels or groups differ); pass the study's data with --data."
-            )
-        return table
-
-    def labels(self) -> np.ndarray:
-        return self.table.labels
-
-    def images(self, size: int) -> np.ndarray:
-        from trainer.cache import cached_images
-
-        return cached_images(self.table, size, progress=False).images
 
 
 # --- building ----------------------------------------------------------------------------------
 
 
-def build_export(source: StudySource, *, top_k: int | None, tta: str | None) -> ExportResult:
-    """Score the ensemble of the top trials and write the export folder (swapped in whole).
+def build_export(
+    source: StudySource, *, top_k: int | None, tta: str | None, ensemble: str | None = None
+) -> ExportResult:
+    """Choose the members, score them, and write the export folder (swapped in whole).
+
+    Args:
+        source: The study.
+        top_k: Candidate trials for ``ensemble="select"`` (default: setting ``top_k``).
+        tta: TTA written into the export (default: setting ``tta``).
+        ensemble: ``select`` (Caruana selection over the top trials) or ``best`` (the best
+            trial's fold models); default: setting ``ensemble``.
 
     Raises:
-        ConfigError: ``tta`` is not a TTA mode.
+        ConfigError: ``tta`` or ``ensemble`` is not a known mode.
         NothingToExport: No complete trial, or a chosen trial whose checkpoints are gone.
     """
     tta = tta or source.settings["tta"]
     tta_views(tta)  # a wrong mode fails before any work
-    trials = _chosen(source, top_k or source.settings["top_k"])
+    mode = _mode(ensemble or source.settings["ensemble"])
+    candidates = _chosen(source, 1 if mode == "best" else top_k or source.settings["top_k"])
+    folds, metric = source.settings["folds"], _metric(candidates)
+    numbers = [t.number for t in candidates]
+    cv = cross_validated(source.place.folder, numbers, folds)
+    chosen = select(cv.probs, cv.labels, metric) if mode == "select" else _alone(cv, metric)
     target = source.place.export_dir
     staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        manifest = _write_members(source, trials, staging, tta)
-        scores = _score(source, trials, Ensemble.load(staging), tta)
-        _write_best_space(staging / "best_space.py", source, trials[0], tta)
-        (staging / "report.md").write_text(markdown(scores, manifest))
+        manifest = _write_members(source, candidates, chosen.counts, staging, tta, mode)
+        scores = _score(source, candidates, chosen, cv, mode, tta)
+        check = _write_onnx(staging, source.place.name, metric)
+        _write_best_space(staging / "best_space.py", source, candidates[0], tta)
+        text = markdown(scores, manifest, onnx_check=check.sentence())
+        (staging / "report.md").write_text(text)
         _publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     names = tuple(m.name for m in manifest.members)
-    return ExportResult(target, source.place.name, scores.trials, names, scores)
+    return ExportResult(target, source.place.name, scores.trials, names, scores, manifest, check)
+
+
+def _mode(ensemble: str) -> str:
+    if ensemble not in ENSEMBLES:
+        allowed = ", ".join(repr(mode) for mode in ENSEMBLES)
+        raise ConfigError(f"ensemble={ensemble!r} is not one of {allowed}; use one of those.")
+    return ensemble
+
+
+def _alone(cv: CrossValidated, metric: str) -> Selection:
+    """The best trial on its own (``ensemble="best"``)."""
+    score = metrics.score(metric, cv.labels, cv.probs[0])
+    return Selection(counts=(1,), score=score, scores=(score,))
 
 
 def _chosen(source: StudySource, top_k: int) -> list[FrozenTrial]:
@@ -221,22 +162,41 @@ def _has_checkpoints(source: StudySource, trial: FrozenTrial) -> bool:
 
 
 def _write_members(
-    source: StudySource, trials: list[FrozenTrial], staging: Path, tta: str
+    source: StudySource,
+    trials: list[FrozenTrial],
+    counts: tuple[int, ...],
+    staging: Path,
+    tta: str,
+    mode: str,
 ) -> Manifest:
+    """Copy the chosen trials' fold weights; a trial's share of the vote is split over its folds."""
     (staging / MEMBERS).mkdir(parents=True)
     classes = tuple(source.study.user_attrs["hpo.classes"])
-    specs = [
-        spec for trial in trials for spec in _trial_members(source, trial, staging, len(classes))
-    ]
-    info = {"study": source.place.name, "metric": _metric(trials), "trials": _numbers(trials)}
+    total = sum(counts)
+    specs = []
+    for trial, count in zip(trials, counts, strict=True):
+        if count:
+            share = count / total / source.settings["folds"]
+            specs += _trial_members(source, trial, len(classes), share, staging)
+    info = {
+        "study": source.place.name,
+        "metric": _metric(trials),
+        "trials": [t.number for t, c in zip(trials, counts, strict=True) if c],
+        "ensemble": {
+            "mode": mode,
+            "candidates": [t.number for t in trials],
+            "counts": list(counts),
+        },
+    }
     manifest = Manifest(classes, tuple(specs), tta=tta, info=info)
     manifest.write(staging)
     return manifest
 
 
 def _trial_members(
-    source: StudySource, trial: FrozenTrial, staging: Path, classes: int
+    source: StudySource, trial: FrozenTrial, classes: int, weight: float, staging: Path | None
 ) -> list[MemberSpec]:
+    """The fold models of ``trial``: copied into ``staging``, or read where they are (None)."""
     config = TrainConfig(**trial.user_attrs["config"])
     # Stored so that the export predicts without the hub or folder an hf-hub: or local-dir:
     # backbone came from (timm reads its config.json even without weights).
@@ -247,20 +207,25 @@ def _trial_members(
     specs = []
     for fold in range(source.settings["folds"]):
         name = f"trial{trial.number}-fold{fold}"
-        copy = staging / MEMBERS / f"{name}.safetensors"
-        shutil.copyfile(weights_path(trial_dir(source.place.folder, trial.number), fold), copy)
-        relative = f"{MEMBERS}/{copy.name}"
+        checkpoint = weights_path(trial_dir(source.place.folder, trial.number), fold)
+        if staging is None:
+            where, digest = str(checkpoint), ""
+        else:
+            copy = staging / MEMBERS / f"{name}.safetensors"
+            shutil.copyfile(checkpoint, copy)
+            where, digest = f"{MEMBERS}/{copy.name}", file_sha256(copy)
         specs.append(
             MemberSpec(
                 name,
-                relative,
+                where,
                 config.to_dict(),
                 mean,
                 std,
-                file_sha256(copy),
+                digest,
                 trial=trial.number,
                 fold=fold,
                 architecture=architecture,
+                weight=weight,
             )
         )
     return specs
@@ -270,45 +235,63 @@ def _metric(trials: list[FrozenTrial]) -> str:
     return str(trials[0].user_attrs["config"]["metric"])
 
 
-def _numbers(trials: list[FrozenTrial]) -> list[int]:
-    return [t.number for t in trials]
-
-
 def _score(
-    source: StudySource, trials: list[FrozenTrial], ensemble: Ensemble, tta: str
+    source: StudySource,
+    candidates: list[FrozenTrial],
+    chosen: Selection,
+    cv: CrossValidated,
+    mode: str,
+    tta: str,
 ) -> ExportScores:
-    folders = [trial_dir(source.place.folder, t.number) for t in trials]
-    labels, per_trial = _oof(folders, source.settings["folds"])
-    holdout = holdout_indices(stored_folds(source.study))
+    """Score the export, each trial it uses and the best trial, and their best fold model."""
+    shown = [t for t, c in zip(candidates, chosen.counts, strict=True) if c]
+    if candidates[0] not in shown:
+        shown.append(candidates[0])
+    classes = len(source.study.user_attrs["hpo.classes"])
+    specs = [spec for t in shown for spec in _trial_members(source, t, classes, 1.0, None)]
+    folder = Path(source.place.folder)
+    members = [load_member(folder, spec, classes, pick_device(None)) for spec in specs]
+    scoring = Ensemble(members, classes=source.study.user_attrs["hpo.classes"])
     compared = tta if tta != "none" else "hflip"
-    rows = []
-    if len(holdout):
-        by_size = {size: source.images(size)[holdout] for size in ensemble.sizes}
-        rows = holdout_rows(ensemble, by_size, source.labels()[holdout], compared)
+    holdout = _holdout(source, scoring.sizes)
+    pairs = [(int(spec.trial), int(spec.fold)) for spec in specs]  # type: ignore[arg-type]
+    scored = scored_members(scoring, pairs, holdout, compared)
+    rows = export_rows(
+        candidates=candidates,
+        selection=chosen,
+        mode=mode,
+        cv=cv,
+        scored=scored,
+        holdout=holdout,
+        metric=_metric(candidates),
+    )
     return ExportScores(
         study=source.place.name,
-        metric=_metric(trials),
-        trials=tuple(_numbers(trials)),
-        values=tuple(float(t.value) for t in trials),
-        oof_ensemble=measure(labels, np.mean(per_trial, axis=0)),
-        oof_trials=tuple(measure(labels, p) for p in per_trial),
-        oof_size=len(labels),
-        holdout=tuple(rows),
-        holdout_size=len(holdout),
+        metric=_metric(candidates),
+        mode=mode,
+        candidates=tuple(t.number for t in candidates),
+        values=tuple(float(t.value) for t in candidates),
+        counts=chosen.counts,
+        rows=rows,
+        cv_size=len(cv.labels),
+        holdout_size=0 if holdout is None else len(holdout.labels),
         tta=tta,
         tta_compared=compared,
     )
 
 
-def _oof(folders: list[Path], folds: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Labels of the cross-validated samples and each trial's out-of-fold probabilities."""
-    labels, per_trial = np.empty(0, np.int64), []
-    for folder in folders:
-        parts = [load_oof(folder, fold) for fold in range(folds)]
-        order = np.argsort(np.concatenate([indices for indices, _, _ in parts]))
-        labels = np.concatenate([y for _, y, _ in parts])[order]
-        per_trial.append(np.concatenate([probs for _, _, probs in parts])[order])
-    return labels, per_trial
+def _holdout(source: StudySource, sizes: tuple[int, ...]) -> Holdout | None:
+    indices = holdout_indices(stored_folds(source.study))
+    if not len(indices):
+        return None
+    images = {size: source.images(size)[indices] for size in sizes}
+    return Holdout(images, source.labels()[indices])
+
+
+def _write_onnx(staging: Path, study: str, metric: str) -> OnnxCheck:
+    """``ensemble.onnx`` of the export being written, checked against its PyTorch ensemble."""
+    ensemble = Ensemble.load(staging, device="cpu")
+    return write_onnx(staging, ensemble, metadata={"study": study, "metric": metric})
 
 
 def _publish(staging: Path, target: Path) -> None:
@@ -328,22 +311,30 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def log_to_mlflow(result: ExportResult, study: optuna.Study, console: Console) -> ExportResult:
-    """Log and register the export in MLflow; a failure costs one line, never the export."""
-    from search.export.mlflow_model import failure_line, log_ensemble
+    """Log and register the export in MLflow; a failure costs one line, never the export;
+    the version becomes ``champion`` when its headline wins."""
+    from search.export.mlflow_model import Headline, failure_line, log_ensemble
 
+    kind, value = result.scores.headline()
     try:
-        uri = log_ensemble(
+        logged = log_ensemble(
             result.folder,
             study_name=result.study,
             run_id=study.user_attrs.get("hpo.mlflow_run_id"),
             metrics=flat_metrics(result.scores),
+            headline=Headline(result.scores.metric, kind, value),
         )
     except Exception as err:  # the export on disk is complete; MLflow only holds a copy
         line = failure_line(err, folder=result.folder, study=result.study)
         console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
         return result
-    console.print(f"MLflow model: {uri} (registered as '{result.study}')")
-    return replace(result, model_uri=uri)
+    status = (
+        f"now the champion: models:/{result.study}@champion"
+        if logged.champion
+        else "the champion stays the better earlier version"
+    )
+    console.print(f"MLflow model: {logged.uri} (registered as '{result.study}'; {status})")
+    return replace(result, model_uri=logged.uri, champion=logged.champion)
 
 
 # --- best_space.py ---

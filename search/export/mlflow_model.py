@@ -1,38 +1,36 @@
 """The exported ensemble as an MLflow pyfunc model, logged on the study's run and registered.
 
-The model is logged "from code": MLflow stores a three-line file that builds `EnsembleModel`,
-the export folder as an artifact, and copies of the ``trainer`` and ``search`` packages, so
-nothing is pickled and the model loads where hpo is not installed. `load_context` rebuilds the
-`Ensemble` from the export's safetensors weights, so
+The model is logged "from code": its code is `search/export/pyfunc_model.py`, which imports
+only ``trainer`` (shipped beside it) and MLflow, and the export folder is its artifact, so
+nothing is pickled and the model loads where hpo is not installed. The registered version is
+tagged with the export's headline score and gets the alias ``champion`` when that score beats
+the current champion's (registry stages are deprecated; aliases replace them):
 
-    mlflow.pyfunc.load_model(uri).predict(frame_with_path_column)
-
-returns the same probabilities as `hpo predict`.
+    mlflow.pyfunc.load_model("models:/<study>@champion")
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 
-import search
 import trainer
-from trainer.ensemble import Ensemble
+from search.keys import CHAMPION_ALIAS, MODEL_METRIC_TAG, MODEL_SCORE_KIND_TAG, MODEL_SCORE_TAG
+from trainer import metrics as metric_functions
 
-ARTIFACT = "export"
+ARTIFACT = "export"  # the artifact name `pyfunc_model.EnsembleModel.load_context` reads
 # Network failures, as they appear inside MLflow's (multi-line) HTTP error texts.
 _SYMPTOMS = (
     "Connection refused",
@@ -42,11 +40,7 @@ _SYMPTOMS = (
     "Max retries exceeded",
 )
 MODEL_NAME = "ensemble"
-_CODE = (
-    "import mlflow\n"
-    "from search.export.mlflow_model import EnsembleModel\n"
-    "mlflow.models.set_model(EnsembleModel())\n"
-)
+_CODE = Path(__file__).with_name("pyfunc_model.py")
 _REQUIREMENTS = (
     "mlflow",
     "torch",
@@ -61,72 +55,22 @@ _REQUIREMENTS = (
 )
 
 
-class EnsembleModel(mlflow.pyfunc.PythonModel):
-    """Predicts class probabilities with the export's `Ensemble`.
+@dataclass(frozen=True)
+class Headline:
+    """The score a registered version is compared on: ``kind`` is "holdout" or the CV label."""
 
-    ``predict`` accepts a DataFrame (or dict) with a ``path`` column of image files, a list of
-    paths, a uint8 image batch ``(N, H, W, 3)``, or a list of images of any size and mode. It
-    returns a DataFrame with ``label`` and one ``prob_<class>`` column per class (rows of NaN
-    and an empty label for files that cannot be read). ``params={"tta": "hflip"}`` overrides
-    the export's test-time augmentation.
-    """
-
-    # MLflow's type-hint validation is off and `model_input` is deliberately not annotated:
-    # this model takes several kinds of input and checks them itself.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Rebuild the ensemble from the logged export folder."""
-        self.ensemble = Ensemble.load(context.artifacts[ARTIFACT])
-
-    def predict(
-        self,
-        context: mlflow.pyfunc.PythonModelContext | None,
-        model_input,
-        params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """Class probabilities of ``model_input`` (see the class docstring)."""
-        tta = (params or {}).get("tta")
-        paths = _paths(model_input)
-        if paths is not None:
-            probs, _ = self.ensemble.predict_files([Path(p) for p in paths], tta=tta)
-        else:
-            probs = self.ensemble.predict(_images(model_input), tta=tta)
-        return probability_frame(probs, self.ensemble.classes)
+    metric: str
+    kind: str
+    value: float
 
 
-def probability_frame(probs: np.ndarray, classes: tuple[str, ...]) -> pd.DataFrame:
-    """``label`` plus one ``prob_<class>`` column per class; empty label for rows of NaN."""
-    known = ~np.isnan(probs).any(axis=1)
-    top = np.where(known, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
-    labels = [classes[i] if ok else "" for i, ok in zip(top, known, strict=True)]
-    columns = {f"prob_{name}": probs[:, i].astype(np.float64) for i, name in enumerate(classes)}
-    return pd.DataFrame({"label": labels, **columns})
+@dataclass(frozen=True)
+class Logged:
+    """A registered model version and whether it became the champion."""
 
-
-def _paths(model_input: Any) -> list[str] | None:
-    if isinstance(model_input, pd.DataFrame | Mapping) and "path" in model_input:
-        return [str(p) for p in model_input["path"]]
-    if isinstance(model_input, pd.Series | list | tuple) and all(
-        isinstance(p, str | Path) for p in model_input
-    ):
-        return [str(p) for p in model_input]
-    return None
-
-
-def _images(model_input: Any) -> np.ndarray | list[np.ndarray]:
-    if isinstance(model_input, np.ndarray):
-        # One image, (H, W) or (H, W, C), is a batch of one.
-        single = model_input.ndim == 2 or (
-            model_input.ndim == 3 and model_input.shape[-1] in (1, 3, 4)
-        )
-        return [model_input] if single else model_input
-    if isinstance(model_input, list | tuple):
-        return [np.asarray(image) for image in model_input]
-    raise TypeError(
-        f"Cannot predict a {type(model_input).__name__}; pass a DataFrame with a 'path' column, "
-        "a list of image paths, or uint8 images (N, H, W, 3)."
-    )
+    uri: str
+    version: str
+    champion: bool
 
 
 def log_ensemble(
@@ -135,7 +79,8 @@ def log_ensemble(
     study_name: str,
     run_id: str | None = None,
     metrics: Mapping[str, float] | None = None,
-) -> str:
+    headline: Headline | None = None,
+) -> Logged:
     """Log the export as a pyfunc model, with its scores, and register it as ``study_name``.
 
     Args:
@@ -145,29 +90,63 @@ def log_ensemble(
         run_id: The study's MLflow run (study user attribute ``hpo.mlflow_run_id``); when
             None, the run named ``<study>-export`` in the study's experiment (made once).
         metrics: Scores to log on the run.
+        headline: The export's headline score: tagged on the version and compared with the
+            champion's (without it the version never becomes the champion).
 
     Returns:
-        The URI of the registered model version, ``models:/<study>/<version>``.
+        The registered version (URI ``models:/<study>/<version>``) and whether it is now the
+        version the alias ``champion`` points to.
     """
-    with _study_run(study_name, run_id), tempfile.TemporaryDirectory() as scratch:
+    with _study_run(study_name, run_id):
         if metrics:
             mlflow.log_metrics(dict(metrics))
         mlflow.log_artifact(str(Path(export_dir) / "report.md"), artifact_path=ARTIFACT)
-        code = Path(scratch) / "ensemble_model.py"
-        code.write_text(_CODE)
         with warnings.catch_warnings():
             # No input example on purpose: inputs are files or arrays, not a fixed schema.
             warnings.filterwarnings("ignore", message=".*input example.*")
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
-                python_model=str(code),
+                python_model=str(_CODE),
                 artifacts={ARTIFACT: str(export_dir)},
-                code_paths=[_package_dir(search), _package_dir(trainer)],
+                code_paths=[_package_dir(trainer)],
                 signature=_signature(),
                 pip_requirements=_requirements(),
                 registered_model_name=study_name,
             )
-    return f"models:/{study_name}/{info.registered_model_version}"
+    version = str(info.registered_model_version)
+    champion = headline is not None and promote(study_name, version, headline)
+    return Logged(f"models:/{study_name}/{version}", version, champion)
+
+
+def promote(name: str, version: str, headline: Headline) -> bool:
+    """Tag ``version`` with ``headline``; make it the champion if it beats the current one.
+
+    A champion without a comparable score (another metric, or no score tag) is replaced; on a
+    tie the current champion stays.
+    """
+    client = mlflow.MlflowClient()
+    tags = {
+        MODEL_SCORE_TAG: repr(headline.value),
+        MODEL_SCORE_KIND_TAG: headline.kind,
+        MODEL_METRIC_TAG: headline.metric,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException:
+        current = None
+    if current is not None and not _beats(headline, current.tags):
+        return False
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    return True
+
+
+def _beats(headline: Headline, champion: Mapping[str, str]) -> bool:
+    if champion.get(MODEL_METRIC_TAG) != headline.metric or MODEL_SCORE_TAG not in champion:
+        return True
+    best = float(champion[MODEL_SCORE_TAG])
+    return metric_functions.is_better(headline.metric, headline.value, best)
 
 
 def failure_line(err: BaseException, *, folder: Path, study: str) -> str:

@@ -3,7 +3,8 @@
 INPUT is a folder (images found at any depth) or a CSV with a ``path`` column (relative paths
 are read from the CSV's folder). The output CSV has the path, the predicted label and one
 ``prob_<class>`` column per class; a file that cannot be read gets an empty label and empty
-probabilities, and is named on stderr.
+probabilities, and is named on stderr. With ``--onnx`` the export's ``ensemble.onnx`` runs in
+onnxruntime and PyTorch is never imported.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from search.cli.args import positive_int
 from trainer.errors import DataError, UserError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 # `--tta` without a mode: the export's own mode, or hflip when the export has none.
@@ -115,6 +117,7 @@ def predict_to_csv(
     device: str | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    onnx: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Label every image of ``source`` with the export and write ``out``.
 
@@ -127,6 +130,7 @@ def predict_to_csv(
         device: ``cuda``, ``mps`` or ``cpu``; None picks the best available.
         batch_size: Images decoded and predicted at a time.
         progress: Show a progress bar on stderr.
+        onnx: Predict with the export's ``ensemble.onnx`` in onnxruntime (its TTA is fixed).
 
     Returns:
         The written table, and ``{path: reason}`` for files that could not be read.
@@ -136,22 +140,58 @@ def predict_to_csv(
     """
     import pandas as pd
 
-    from search.export.mlflow_model import probability_frame
+    from trainer.predictions import probability_frame
+
+    inputs = find_inputs(source)
+    if onnx:
+        probs, failed, classes = _onnx_probs(export, inputs, tta, device, batch_size, progress)
+    else:
+        probs, failed, classes = _torch_probs(export, inputs, tta, device, batch_size, progress)
+    table = pd.concat(
+        [pd.DataFrame({"path": inputs.shown}), probability_frame(probs, classes)], axis=1
+    )
+    _write(table, Path(out))
+    return table, {inputs.shown[row]: why for row, why in failed.items()}
+
+
+def _torch_probs(
+    export: str | Path,
+    inputs: Inputs,
+    tta: str | None,
+    device: str | None,
+    batch_size: int,
+    progress: bool,
+) -> tuple[np.ndarray, dict[int, str], tuple[str, ...]]:
     from trainer.augment import tta_views
     from trainer.ensemble import Ensemble
 
-    inputs = find_inputs(source)
     ensemble = Ensemble.load(export, device=device)
     mode = _tta_mode(tta, ensemble.tta)
     tta_views(mode)  # a wrong mode fails before any image is decoded
     probs, failed = ensemble.predict_files(
         inputs.files, tta=mode, batch_size=batch_size, progress=progress
     )
-    table = pd.concat(
-        [pd.DataFrame({"path": inputs.shown}), probability_frame(probs, ensemble.classes)], axis=1
-    )
-    _write(table, Path(out))
-    return table, {inputs.shown[row]: why for row, why in failed.items()}
+    return probs, failed, ensemble.classes
+
+
+def _onnx_probs(
+    export: str | Path,
+    inputs: Inputs,
+    tta: str | None,
+    device: str | None,
+    batch_size: int,
+    progress: bool,
+) -> tuple[np.ndarray, dict[int, str], tuple[str, ...]]:
+    from search.export.onnx_model import OnnxEnsemble
+
+    model = OnnxEnsemble.load(export, device=device)
+    if tta is not None:
+        raise PredictInputError(
+            f"--tta cannot change ensemble.onnx, whose test-time augmentation ({model.tta}) is "
+            "part of the graph; drop --tta, or predict without --onnx."
+        )
+    probs, failed = model.predict_files(inputs.files, batch_size=batch_size, progress=progress)
+    return probs, failed, model.classes
 
 
 def _tta_mode(requested: str | None, exported: str) -> str:
@@ -182,6 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         progress=sys.stderr.isatty() or args.progress,
+        onnx=args.onnx,
     )
     if failed:
         first = ", ".join(f"{path} ({why})" for path, why in list(failed.items())[:3])
@@ -208,6 +249,11 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
         help="test-time augmentation: none, hflip, flip4 or d4; alone: the export's (or hflip)",
     )
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="predict with the export's ensemble.onnx in onnxruntime (no PyTorch needed)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     parser.add_argument("--progress", action="store_true", help="progress bar even in a log")
     parser.set_defaults(handler=cmd_predict)

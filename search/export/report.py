@@ -1,8 +1,9 @@
 """What an export says about itself: its scores, report.md and best_space.py.
 
-The scores (out-of-fold, and a holdout table of each member, soft and hard voting, without and
-with TTA) are printed at the end of `hpo run` and by `hpo export`, written to report.md, and
-logged to MLflow as flat metrics.
+Every out-of-fold score is labelled "CV (optimistic)": the best epoch of each fold, the best
+trials and the selection's weights were all chosen on those predictions. The headline is the
+holdout score when the study has a holdout. The scores are printed at the end of `hpo run` and
+by `hpo export`, written to report.md, and logged to MLflow as flat metrics.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from rich.table import Table
 from search.space.settings import SETTINGS
 from search.space.spacefile import HARDWARE_FIELDS
 from trainer import metrics
-from trainer.ensemble import Ensemble, Manifest, hard_labels
+from trainer.manifest import Manifest
+
+CV = "CV (optimistic)"
+_NAMES = ("accuracy", "f1_macro", "log_loss")
 
 
 @dataclass(frozen=True)
 class Scores:
-    """Accuracy, macro F1 and log loss of one model (no log loss for hard voting)."""
+    """Accuracy, macro F1 and log loss of one model."""
 
     accuracy: float
     f1_macro: float
@@ -38,47 +42,80 @@ class Scores:
 
 @dataclass(frozen=True)
 class Row:
-    """A model's holdout scores without and with test-time augmentation."""
+    """One model's scores: out-of-fold (optimistic), and on the holdout without and with TTA.
+
+    Attributes:
+        model: What is scored, e.g. ``selection`` or ``trial 3 soft voting``.
+        cv: Scores of its stored out-of-fold predictions.
+        plain: Holdout scores without TTA (None without a holdout).
+        tta: Holdout scores with the compared TTA mode.
+        key: Its name in MLflow metric keys (``export``, ``trial3``, ``best_fold_model``).
+    """
 
     model: str
-    plain: Scores
-    tta: Scores
+    cv: Scores
+    plain: Scores | None
+    tta: Scores | None
+    key: str = "export"
 
 
 @dataclass(frozen=True)
 class ExportScores:
-    """Every score of an export: out-of-fold, and holdout rows when the study has a holdout."""
+    """Every score of an export; ``rows[0]`` is the exported ensemble.
+
+    Attributes:
+        candidates: The trials the export could draw on, best first, and their values.
+        counts: How often the selection added each candidate (weights: counts over their sum).
+    """
 
     study: str
     metric: str
-    trials: tuple[int, ...]
+    mode: str
+    candidates: tuple[int, ...]
     values: tuple[float, ...]
-    oof_ensemble: Scores
-    oof_trials: tuple[Scores, ...]
-    oof_size: int
-    holdout: tuple[Row, ...]
+    counts: tuple[int, ...]
+    rows: tuple[Row, ...]
+    cv_size: int
     holdout_size: int
     tta: str
     tta_compared: str
 
+    @property
+    def trials(self) -> tuple[int, ...]:
+        """The trials whose fold models the export holds."""
+        return tuple(n for n, c in zip(self.candidates, self.counts, strict=True) if c)
+
+    @property
+    def weights(self) -> dict[int, float]:
+        """Each exported trial's share of the vote."""
+        total = sum(self.counts)
+        return {n: c / total for n, c in zip(self.candidates, self.counts, strict=True) if c}
+
+    def headline(self) -> tuple[str, float]:
+        """``("holdout", value)`` of the export with its own TTA, else ``(CV, value)``."""
+        export = self.rows[0]
+        holdout = export.tta if self.tta != "none" else export.plain
+        if holdout is None:
+            return CV, float(export.cv.get(self.metric))
+        return "holdout", float(holdout.get(self.metric))
+
     def verdict(self) -> str | None:
-        """Whether soft voting beats its best single member on the holdout (None without one)."""
-        members = [r for r in self.holdout if r.model not in ("soft voting", "hard voting")]
-        if not members:
+        """How the export compares on the holdout with the other rows (None without one)."""
+        export = self.rows[0]
+        if export.plain is None:
             return None
-        soft = next(r for r in self.holdout if r.model == "soft voting").plain.get(self.metric)
-        best = members[0]
-        for row in members[1:]:
-            if metrics.is_better(
-                self.metric, row.plain.get(self.metric), best.plain.get(self.metric)
-            ):
-                best = row
-        value = best.plain.get(self.metric)
-        beats = "beats" if metrics.is_better(self.metric, soft, value) else "does not beat"
-        return (
-            f"Soft voting {beats} its best single member ({best.model}) on the holdout: "
-            f"{self.metric} {soft:.4f} vs {value:.4f}."
-        )
+        value = export.plain.get(self.metric)
+        parts = []
+        for row in self.rows[1:]:
+            other = row.plain.get(self.metric) if row.plain else float("nan")
+            if metrics.is_better(self.metric, value, other):
+                word = "beats"
+            elif value == other:
+                word = "equals"
+            else:
+                word = "does not beat"
+            parts.append(f"{word} {row.model} ({other:.4f})")
+        return f"On the holdout the {export.model} ({value:.4f}) " + "; ".join(parts) + "."
 
 
 def measure(labels: np.ndarray, probs: np.ndarray) -> Scores:
@@ -91,111 +128,139 @@ def measure(labels: np.ndarray, probs: np.ndarray) -> Scores:
     )
 
 
-def _measure_labels(labels: np.ndarray, predicted: np.ndarray) -> Scores:
-    return Scores(metrics.accuracy(labels, predicted), metrics.f1_macro(labels, predicted), None)
-
-
-def holdout_rows(
-    ensemble: Ensemble, images: Mapping[int, np.ndarray], labels: np.ndarray, tta: str
-) -> list[Row]:
-    """Each member, soft voting and hard voting, each without and with ``tta``."""
-    plain = ensemble.member_probs(images, tta="none")
-    viewed = ensemble.member_probs(images, tta=tta)
-    rows = [
-        Row(member.name, measure(labels, plain[i]), measure(labels, viewed[i]))
-        for i, member in enumerate(ensemble.members)
-    ]
-    rows.append(Row("soft voting", measure(labels, plain.mean(0)), measure(labels, viewed.mean(0))))
-    hard = [_measure_labels(labels, hard_labels(p)) for p in (plain, viewed)]
-    rows.append(Row("hard voting", *hard))
-    return rows
-
-
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
 def _table_cells(scores: ExportScores) -> tuple[list[str], list[list[str]]]:
-    names = ("accuracy", "f1_macro", "log_loss")
-    header = ["model"]
-    for name in names:
-        header += [name, f"{name} +{scores.tta_compared}"]
-    body = [
-        [row.model] + [_cell(s.get(n)) for n in names for s in (row.plain, row.tta)]
-        for row in scores.holdout
-    ]
+    m = scores.metric
+    header = ["model", f"{m} {CV}"]
+    if scores.holdout_size:
+        for name in _NAMES:
+            header += [f"{name} holdout", f"{name} +{scores.tta_compared}"]
+    body = []
+    for row in scores.rows:
+        cells = [row.model, _cell(row.cv.get(m))]
+        if scores.holdout_size:
+            for name in _NAMES:
+                cells += [_cell(s.get(name) if s else None) for s in (row.plain, row.tta)]
+        body.append(cells)
     return header, body
 
 
-def _oof_lines(scores: ExportScores) -> list[str]:
-    m = scores.metric
-    what = "soft voting of the top trials" if len(scores.trials) > 1 else "its fold models"
-    lines = [
-        f"Out-of-fold {m} on {scores.oof_size} images ({what}): {_cell(scores.oof_ensemble.get(m))}"
-    ]
-    for number, value, oof in zip(scores.trials, scores.values, scores.oof_trials, strict=True):
-        lines.append(f"- trial {number}: out-of-fold {_cell(oof.get(m))} (value {value:.4f})")
-    return lines
+def _pairs(scores: ExportScores) -> list[tuple[int, int]]:
+    return list(zip(scores.candidates, scores.counts, strict=True))
 
 
-def show(scores: ExportScores, console: Console, *, folder: Path) -> None:
+def _ensemble_line(scores: ExportScores, manifest: Manifest) -> str:
+    first = manifest.members[0]
+    shares = ", ".join(f"trial {n} x{c}" for n, c in _pairs(scores) if c)
+    if scores.mode == "select":
+        what = (
+            f"Ensemble selection (Caruana) over the fold models of the {len(scores.candidates)} "
+            f"best trials, on their out-of-fold predictions: {shares}"
+        )
+    else:
+        what = f"Soft voting of the best trial's fold models (trial {scores.trials[0]})"
+    sizes = sorted({m.image_size for m in manifest.members})
+    return (
+        f"{what}; {len(manifest.members)} fold models ({first.backbone}, "
+        f"{'/'.join(map(str, sizes))} px); test-time augmentation: {manifest.tta}."
+    )
+
+
+def _headline_line(scores: ExportScores) -> str:
+    kind, value = scores.headline()
+    if kind == "holdout":
+        return (
+            f"Headline: {scores.metric} {value:.4f} on the holdout ({scores.holdout_size} images "
+            "never used in the search)."
+        )
+    return (
+        f"Headline: {scores.metric} {value:.4f}, {CV} on {scores.cv_size} images: biased upwards "
+        "(best epochs, trials and weights were chosen on it); a study with holdout > 0 gives "
+        "an honest score."
+    )
+
+
+def show(scores: ExportScores, console: Console, *, folder: Path, manifest: Manifest) -> None:
     """Print the scores of an export."""
     console.print(f"Exported study '{scores.study}' to {folder}")
-    for line in _oof_lines(scores):
-        console.print(line)
-    if not scores.holdout:
-        console.print("No holdout split (set holdout=0.2 for a score on never-seen images).")
-        return
+    console.print(_ensemble_line(scores, manifest))
+    console.print(_headline_line(scores))
     header, body = _table_cells(scores)
-    title = f"Holdout scores ({scores.holdout_size} images never used in the search)"
-    table = Table(*header, title=title, title_justify="left")
+    table = Table(*header, title=f"Scores of the export ({scores.metric})", title_justify="left")
     for cells in body:
         table.add_row(*cells)
     console.print(table)
-    console.print(scores.verdict())
+    verdict = scores.verdict()
+    if verdict:
+        console.print(verdict)
 
 
-def markdown(scores: ExportScores, manifest: Manifest) -> str:
+def _candidate_lines(scores: ExportScores) -> list[str]:
+    lines = []
+    weights = scores.weights
+    for number, value in zip(scores.candidates, scores.values, strict=True):
+        share = f"weight {weights[number]:.2f}" if number in weights else "not chosen"
+        lines.append(f"- trial {number}: value {value:.4f} (mean over folds, {CV}); {share}")
+    return lines
+
+
+def markdown(scores: ExportScores, manifest: Manifest, *, onnx_check: str) -> str:
     """The export's report.md."""
-    first = manifest.members[0]
+    header, body = _table_cells(scores)
     lines = [
         f"# Export of study `{scores.study}`",
         "",
-        f"Soft-voting ensemble of {len(manifest.members)} fold models of trial(s) "
-        f"{', '.join(map(str, scores.trials))} ({first.backbone}, {first.image_size} px); "
-        f"test-time augmentation: {manifest.tta}.",
+        _headline_line(scores),
         "",
-        "## Out-of-fold",
+        _ensemble_line(scores, manifest),
         "",
-        *_oof_lines(scores),
+        *_candidate_lines(scores),
         "",
+        "## Scores",
+        "",
+        f"{CV}: out-of-fold predictions of the fold models on the {scores.cv_size} "
+        "cross-validated images, biased upwards because each fold's best epoch, the best trials "
+        "and the selection's weights were chosen on them.",
     ]
-    if scores.holdout:
-        header, body = _table_cells(scores)
-        lines += [f"## Holdout ({scores.holdout_size} images never used in the search)", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        lines += ["", scores.verdict() or "", ""]
+    if scores.holdout_size:
+        lines += [
+            f"Holdout: {scores.holdout_size} images no trial ever saw; the columns "
+            f"+{scores.tta_compared} add that test-time augmentation.",
+        ]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += ["", scores.verdict() or "No holdout: only the optimistic CV scores exist.", ""]
     lines += [
         "## Use it",
         "",
         "    hpo predict <this folder> images/ --out predictions.csv",
+        "    hpo predict <this folder> images/ --onnx     # onnxruntime, no PyTorch",
         "",
         "    from trainer.ensemble import Ensemble",
         '    probs = Ensemble.load("<this folder>").predict(uint8_images)',
+        "",
+        f"`ensemble.onnx` takes uint8 RGB images (N, H, W, 3); {onnx_check}",
     ]
     return "\n".join(lines) + "\n"
 
 
 def flat_metrics(scores: ExportScores) -> dict[str, float]:
-    """Every score as an MLflow metric, e.g. ``export_holdout_soft_voting_tta_f1_macro``."""
-    flat = {}
-    for name in ("accuracy", "f1_macro", "log_loss"):
-        flat[f"export_oof_{name}"] = scores.oof_ensemble.get(name)
-        for row in scores.holdout:
-            key = row.model.replace(" ", "_").replace("-", "_")
-            flat[f"export_holdout_{key}_{name}"] = row.plain.get(name)
-            flat[f"export_holdout_{key}_tta_{name}"] = row.tta.get(name)
+    """Every score as an MLflow metric, e.g. ``export_trial3_holdout_tta_f1_macro``.
+
+    Out-of-fold scores carry ``cv_optimistic`` in their key, so a chart of them says so.
+    """
+    kind, value = scores.headline()
+    label = "holdout" if kind == "holdout" else "cv_optimistic"
+    flat: dict[str, float | None] = {f"export_headline_{label}_{scores.metric}": value}
+    for row in scores.rows:
+        for name in _NAMES:
+            flat[f"export_{row.key}_cv_optimistic_{name}"] = row.cv.get(name)
+            if row.plain is not None and row.tta is not None:
+                flat[f"export_{row.key}_holdout_{name}"] = row.plain.get(name)
+                flat[f"export_{row.key}_holdout_tta_{name}"] = row.tta.get(name)
     return {k: float(v) for k, v in flat.items() if v is not None}
 
 
@@ -221,7 +286,7 @@ def best_space_text(
     ]
     lines = [
         f'"""Best configuration of study {study!r}: trial {trial.number}, {metric} '
-        f"{trial.value:.4f} (mean over folds).",
+        f"{trial.value:.4f} (mean over folds; {CV}).",
         "",
         "Nothing is searched; `hpo run` accepts this file as it is, e.g. to train it again on",
         "the same folds:",

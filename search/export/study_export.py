@@ -4,14 +4,18 @@ The export folder ``studies/<name>/export/`` holds everything needed to predict,
 that needs the study storage or MLflow to load:
 
     best_space.py          the best configuration as a space file `hpo run` accepts as it is
-    manifest.json          classes, members (backbone, image size, normalisation, config, and
-                           the resolved architecture of hf-hub:/local-dir: backbones), TTA
+    manifest.json          classes, members (backbone, image size, normalisation, config,
+                           voting weight, and the resolved architecture of hf-hub:/local-dir:
+                           backbones), TTA, how the members were chosen
     members/*.safetensors  one file per fold model
-    report.md              out-of-fold and holdout scores
+    ensemble.onnx          the whole ensemble for onnxruntime: uint8 images in, probabilities out
+    report.md              holdout and out-of-fold (optimistic) scores
 
-Scores are honest: out-of-fold from the stored predictions of each fold model on the samples it
-never trained on (averaged over trials for a top-K ensemble; all trials share the folds), and on
-the holdout split, which no trial ever saw, when the study has one.
+The members are chosen by ensemble selection (Caruana) over the fold models of the top K trials,
+on their stored out-of-fold predictions (``ensemble = "select"``), or are the best trial's fold
+models (``"best"``). The out-of-fold scores are shown as "CV (optimistic)": epochs, trials and
+weights were chosen on them. The headline is the score on the holdout split, which no trial
+ever saw, when the study has one.
 
 This module is what the `hpo` command imports to build its parser, so it stays light; the work
 happens in `search.export.build` (and the texts in `search.export.report`).
@@ -40,22 +44,30 @@ class NothingToExport(UserError):
 
 
 def export_study(
-    run: StudyRun, *, top_k: int | None = None, tta: str | None = None
+    run: StudyRun,
+    *,
+    top_k: int | None = None,
+    tta: str | None = None,
+    ensemble: str | None = None,
 ) -> ExportResult:
     """Export the ensemble of a study that just ran (called at the end of `hpo run`).
 
     Args:
-        run: The study run; its settings give the defaults of ``top_k`` and ``tta``.
-        top_k: Ensemble the fold models of this many best trials (default: setting ``top_k``).
+        run: The study run; its settings give the defaults of the other arguments.
+        top_k: Select among the fold models of this many best trials (default: ``top_k``).
         tta: Test-time augmentation written into the export (default: setting ``tta``).
+        ensemble: ``select`` or ``best`` (default: setting ``ensemble``).
 
     Raises:
         NothingToExport: If no trial is complete.
     """
-    from search.export.build import export, run_source
+    from search.export.build import export
+    from search.export.source import run_source
 
     log = run.space.settings["tracking"] == "mlflow"
-    return export(run_source(run), top_k=top_k, tta=tta, console=run.console, mlflow=log)
+    return export(
+        run_source(run), top_k=top_k, tta=tta, ensemble=ensemble, console=run.console, mlflow=log
+    )
 
 
 def export_from_storage(
@@ -64,6 +76,7 @@ def export_from_storage(
     storage: str | None = None,
     top_k: int | None = None,
     tta: str | None = None,
+    ensemble: str | None = None,
     data: str | None = None,
     mlflow: bool | None = None,
     console: Console | None = None,
@@ -73,8 +86,9 @@ def export_from_storage(
     Args:
         name: The study name.
         storage: Its Optuna storage URL (default: ``studies/<name>/study.db``).
-        top_k: Ensemble this many best trials (default: the study's ``top_k`` setting).
+        top_k: Select among this many best trials (default: the study's ``top_k`` setting).
         tta: TTA written into the export (default: the study's ``tta`` setting).
+        ensemble: ``select`` or ``best`` (default: the study's ``ensemble`` setting).
         data: Where the study's data is now, if it moved (read only for a holdout).
         mlflow: Log and register the model in MLflow (default: the study's ``tracking``).
         console: Where the scores are printed.
@@ -83,13 +97,14 @@ def export_from_storage(
         StudyError: The study does not exist, or the data is not the study's.
         NothingToExport: No trial is complete.
     """
-    from search.export.build import export, storage_source
+    from search.export.build import export
+    from search.export.source import storage_source
     from search.study.report import make_console
 
     source = storage_source(name, storage=storage, data=data)
     log = source.settings["tracking"] == "mlflow" if mlflow is None else mlflow
     console = console or make_console(stderr=False)
-    return export(source, top_k=top_k, tta=tta, console=console, mlflow=log)
+    return export(source, top_k=top_k, tta=tta, ensemble=ensemble, console=console, mlflow=log)
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -102,6 +117,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         storage=args.storage,
         top_k=args.top_k,
         tta=args.tta,
+        ensemble=args.ensemble,
         data=args.data,
         mlflow=False if args.no_mlflow else None,
     )
@@ -114,7 +130,12 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("study", help="study name (the space file's stem by default)")
     parser.add_argument("--storage", help="Optuna storage URL (default: studies/STUDY/study.db)")
     parser.add_argument(
-        "--top-k", type=positive_int, help="ensemble the fold models of the K best trials"
+        "--top-k", type=positive_int, help="select among the fold models of the K best trials"
+    )
+    parser.add_argument(
+        "--ensemble",
+        choices=("select", "best"),
+        help="select: Caruana selection over the top K trials; best: the best trial alone",
     )
     parser.add_argument("--tta", metavar="MODE", help=f"test-time augmentation: {TTA_HELP}")
     parser.add_argument("--data", help="the study's data, if it moved (used for the holdout)")

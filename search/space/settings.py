@@ -15,6 +15,7 @@ from trainer.config import TTA_MODES
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNERS = ("median", "wilcoxon", "none")
 TRACKING = ("mlflow", "none")
+ENSEMBLES = ("select", "best")
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ def _p_value(value: Any) -> str | None:
 SETTINGS: dict[str, Setting] = {
     "data": Setting("builtin:digits", _text),
     "folds": Setting(5, _int_at_least(2)),
-    "holdout": Setting(0.0, _fraction(0.5)),
+    # None: 0.1 for data of at least 1,000 images, else 0 (see search.study.storage).
+    "holdout": Setting(None, _optional(_fraction(0.5))),
     "sampler": Setting("tpe", _one_of(SAMPLERS)),
     "pruner": Setting("median", _one_of(PRUNERS)),
     "pruner_startup_trials": Setting(3, _int_at_least(1)),
@@ -101,6 +103,7 @@ SETTINGS: dict[str, Setting] = {
     "heartbeat": Setting(20, _int_at_least(1), run_control=True),
     # How long a worker waits for a study database that went away before it stops.
     "storage_patience": Setting(120, _positive, run_control=True),
-    "top_k": Setting(1, _int_at_least(1), run_control=True),
+    "top_k": Setting(5, _int_at_least(1), run_control=True),
+    "ensemble": Setting("select", _one_of(ENSEMBLES), run_control=True),
     "tta": Setting("none", _one_of(TTA_MODES), run_control=True),
 }

@@ -12,7 +12,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ from trainer.errors import UserError
 from trainer.sources import ImageTable
 
 STUDIES = Path("studies")
+# The holdout a space leaves to the default (``holdout = None``): a tenth of data this large.
+DEFAULT_HOLDOUT = 0.1
+HOLDOUT_MIN_IMAGES = 1000
 
 
 class StudyError(UserError):
@@ -232,6 +235,44 @@ def open_study(
     return study
 
 
+def resolve_holdout(
+    storage: BaseStorage, place: StudyPlace, space: Space, table: ImageTable
+) -> Space:
+    """``space`` with its default ``holdout`` (None) replaced by the value the study uses.
+
+    A stored study keeps the holdout it was created with; a new one gets `DEFAULT_HOLDOUT` when
+    the data has at least `HOLDOUT_MIN_IMAGES` images, else 0. The resolved value is part of the
+    identity, so the fingerprint stays that of the study.
+    """
+    if space.settings["holdout"] is not None:
+        return space
+    try:
+        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
+    except KeyError:
+        stored = {}
+    value = stored.get("hpo.identity", {}).get("settings", {}).get("holdout")
+    if value is None:
+        value = default_holdout(len(table))
+    return replace(space, settings={**space.settings, "holdout": value})
+
+
+def default_holdout(images: int) -> float:
+    """The holdout fraction of a new study on ``images`` images that left it to the default."""
+    return DEFAULT_HOLDOUT if images >= HOLDOUT_MIN_IMAGES else 0.0
+
+
+def holdout_note(space: Space, images: int) -> str | None:
+    """What to tell the user when the study has no holdout (its scores are then optimistic)."""
+    if space.settings["holdout"]:
+        return None
+    return (
+        f"No holdout ({images} images; hpo keeps one by default from {HOLDOUT_MIN_IMAGES:,}): "
+        "every score shown is cross-validated and optimistic, because the best epochs and the "
+        "best trials are chosen on those same folds. For an honest score on never-seen images, "
+        "set holdout = 0.1 in the space file and run it as a new study (--study NEW_NAME)."
+    )
+
+
 def check_study(storage: BaseStorage, place: StudyPlace, space: Space, table: ImageTable) -> None:
     """Before any work: the study can be created or resumed in ``storage`` as asked.
 
@@ -287,9 +328,14 @@ def new_folds(space: Space, table: ImageTable) -> np.ndarray:
         table.groups,
         table.classes,
         folds=space.settings["folds"],
-        holdout=space.settings["holdout"],
+        holdout=_holdout(space, table),
         seed=space.config({}).seed,
     )
+
+
+def _holdout(space: Space, table: ImageTable) -> float:
+    value = space.settings["holdout"]
+    return default_holdout(len(table)) if value is None else value
 
 
 def _claim(study: optuna.Study, space: Space, table: ImageTable) -> None:

@@ -18,7 +18,7 @@ from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.study.storage import StudyError
 
-TINY = ["folds=2", "epochs=1", "backbone=test_vit", "tracking=none", "batch_size=64"]
+TINY = ["folds=2", "epochs=1", "backbone=test_vit", "tracking=none", "batch_size=64", "holdout=0"]
 SPACE = """\
 from search.space import choice, loguniform
 

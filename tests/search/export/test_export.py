@@ -17,9 +17,10 @@ import pytest
 
 from search.context import RunRequest
 from search.engine.run import prepare, run
-from search.export.build import stored_settings
 from search.export.checkpoints import checkpoint_hook, load_oof, top_trials, trial_dir
-from search.export.report import measure
+from search.export.report import Scores, flat_metrics, measure
+from search.export.selection import combine, select
+from search.export.source import stored_settings
 from search.export.study_export import (
     NothingToExport,
     add_parser,
@@ -104,9 +105,14 @@ def test_export_folder_has_manifest_weights_space_and_report(digits):
     ]
     assert all((digits.top1 / m["weights"]).is_file() for m in manifest["members"])
     assert all(m["config"] == best.user_attrs["config"] for m in manifest["members"])
+    assert all(m["weight"] == 0.5 for m in manifest["members"])
+    assert manifest["ensemble"] == {"mode": "select", "candidates": [best.number], "counts": [1]}
     report = (digits.top1 / "report.md").read_text()
-    assert "| soft voting |" in report and "| hard voting |" in report
-    assert "f1_macro +hflip" in report and "its best single member" in report
+    assert "Headline: f1_macro" in report and "on the holdout (360 images" in report
+    assert "| selection |" in report
+    assert f"| best fold model on the holdout (trial{best.number}" in report
+    assert "f1_macro CV (optimistic)" in report and "f1_macro +hflip" in report
+    assert (digits.top1 / "ensemble.onnx").is_file() and "onnxruntime checked" in report
 
 
 def test_best_space_is_a_space_file_with_every_value_fixed(digits):
@@ -155,36 +161,96 @@ def _stored_oof(digits: DigitsStudy, number: int) -> tuple[np.ndarray, np.ndarra
     return labels, np.concatenate([p[2] for p in parts])[order]
 
 
-def test_top_k_export_averages_out_of_fold_probabilities_over_trials(digits, monkeypatch):
+def test_selection_over_the_top_trials_is_weighted_by_its_counts(digits, monkeypatch):
     monkeypatch.chdir(digits.root)
     result = export_from_storage("digits", top_k=2, mlflow=False)
 
     numbers = [t.number for t in top_trials(digits.study(), 2)]
-    assert result.trials == tuple(numbers) and len(result.members) == 4
     labels, first = _stored_oof(digits, numbers[0])
     _, second = _stored_oof(digits, numbers[1])
-    assert result.scores.oof_ensemble == measure(labels, (first + second) / 2)
-    assert result.scores.oof_trials[0] == measure(labels, first)
-    assert len(labels) == np.sum(stored_folds(digits.study()) >= 0)
+    expected = select([first, second], labels, "f1_macro")
+    scores = result.scores
+    assert scores.candidates == tuple(numbers) and scores.counts == expected.counts
+    assert scores.rows[0].model == "selection"
+    assert scores.rows[0].cv == measure(labels, combine([first, second], expected.weights))
+    assert len(labels) == scores.cv_size == np.sum(stored_folds(digits.study()) >= 0)
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    for member in manifest["members"]:
+        share = expected.weights[numbers.index(member["trial"])] / 2
+        assert member["weight"] == pytest.approx(share)
+    # Caruana's first pick is the best single trial: never worse than it on these predictions.
+    assert scores.rows[0].cv.f1_macro >= measure(labels, first).f1_macro
+    assert "cv_optimistic" in " ".join(flat_metrics(scores)) and all(
+        "cv_optimistic" in k or "holdout" in k for k in flat_metrics(scores)
+    )
 
 
-def test_holdout_table_scores_members_and_voting_with_and_without_tta(digits, monkeypatch):
+def _same(got: Scores, expected: Scores) -> None:
+    # The export's vote is summed in float32, the report's in float64.
+    assert (got.accuracy, got.f1_macro) == (expected.accuracy, expected.f1_macro)
+    assert got.log_loss == pytest.approx(expected.log_loss, rel=1e-6)
+
+
+def test_holdout_rows_score_the_export_its_trials_and_the_best_fold_model(digits, monkeypatch):
     monkeypatch.chdir(digits.root)
-    result = export_from_storage("digits", top_k=1, tta="flip4", mlflow=False)
+    result = export_from_storage("digits", top_k=2, tta="flip4", mlflow=False)
     scores = result.scores
 
     holdout = holdout_indices(stored_folds(digits.study()))
-    assert scores.holdout_size == len(holdout) == 360
-    assert [r.model for r in scores.holdout] == [*result.members, "soft voting", "hard voting"]
-    assert scores.tta_compared == "flip4"
+    assert scores.holdout_size == len(holdout) == 360 and scores.tta_compared == "flip4"
+    best = top_trials(digits.study(), 1)[0].number
+    names = [row.model for row in scores.rows]
+    assert names[0] == "selection" and names[-1].startswith("best fold model on the holdout")
+    assert f"trial {best} soft voting (best trial)" in names
     table = load_table("builtin:digits")
     images = cached_images(table, 32, progress=False).images[holdout]
+    labels = table.labels[holdout]
     ensemble = Ensemble.load(result.folder, device="cpu")
-    soft = measure(table.labels[holdout], ensemble.predict(images, tta="none"))
-    with_tta = measure(table.labels[holdout], ensemble.predict(images))
-    assert scores.holdout[-2].plain == soft and scores.holdout[-2].tta == with_tta
-    assert scores.holdout[-1].plain.log_loss is None  # hard voting has no probabilities
+    export = scores.rows[0]
+    _same(export.plain, measure(labels, ensemble.predict(images, tta="none")))
+    _same(export.tta, measure(labels, ensemble.predict(images)))
+    assert scores.headline() == ("holdout", export.tta.f1_macro)  # the export's own TTA
+    probs = ensemble.member_probs(images, tta="none")
+    members = [m.name for m in ensemble.members]
+    fold_scores = [measure(labels, p).f1_macro for p in probs]
+    assert scores.rows[-1].plain.f1_macro >= max(fold_scores)  # the best of all scored folds
+    flat = flat_metrics(scores)
+    assert flat["export_headline_holdout_f1_macro"] == export.tta.f1_macro
+    assert flat["export_export_holdout_f1_macro"] == export.plain.f1_macro
+    assert len(members) == 2 * len(scores.trials)
     assert json.loads((result.folder / "manifest.json").read_text())["tta"] == "flip4"
+
+
+def test_best_mode_exports_the_best_trial_alone(digits, monkeypatch):
+    monkeypatch.chdir(digits.root)
+    result = export_from_storage("digits", top_k=2, ensemble="best", mlflow=False)
+
+    best = top_trials(digits.study(), 1)[0].number
+    assert result.trials == (best,) and result.scores.counts == (1,)
+    assert result.scores.rows[0].model == f"trial {best} soft voting"
+    assert len(result.scores.rows) == 2
+
+
+def test_the_onnx_file_gives_the_pytorch_ensembles_probabilities(digits, monkeypatch):
+    import onnx
+    import onnxruntime as ort
+
+    monkeypatch.chdir(digits.root)
+    result = export_from_storage("digits", top_k=2, tta="flip4", mlflow=False)
+
+    path = result.folder / "ensemble.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["classes"]) == [str(d) for d in range(10)]
+    assert meta["metric"] == "f1_macro" and meta["image_size"] == "32" and meta["tta"] == "flip4"
+    holdout = holdout_indices(stored_folds(digits.study()))[:64]
+    images = cached_images(load_table("builtin:digits"), 32, progress=False).images[holdout]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (name,) = [i.name for i in session.get_inputs()]
+    got = session.run(None, {name: images})[0]
+    expected = Ensemble.load(result.folder, device="cpu").predict(images)
+    assert got.shape == (64, 10)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert result.onnx.largest_difference <= 1e-4
 
 
 def test_asking_for_more_trials_than_were_kept_is_a_clear_error(digits, monkeypatch):

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from search.export.mlflow_model import log_ensemble
+from search.export.mlflow_model import Headline, log_ensemble
 from search.export.predict import PredictInputError, add_parser
 from search.study.splits import holdout_indices
 from search.study.storage import stored_folds
@@ -165,11 +165,12 @@ def test_the_mlflow_model_predicts_what_hpo_predict_writes(digits, holdout, tmp_
     with mlflow.start_run() as study_run:
         study_id = study_run.info.run_id
 
-    uri = log_ensemble(
-        digits.top1, study_name="digits", run_id=study_id, metrics={"export_oof_f1_macro": 0.5}
+    logged = log_ensemble(
+        digits.top1, study_name="digits", run_id=study_id, metrics={"export_cv_f1_macro": 0.5}
     )
+    uri = logged.uri
 
-    assert uri == "models:/digits/1"
+    assert uri == "models:/digits/1" and not logged.champion  # no headline: never the champion
     client = mlflow.MlflowClient()
     assert client.get_model_version("digits", "1").run_id == study_id
     assert client.get_run(study_id).info.status == "FINISHED"  # restored after logging
@@ -187,7 +188,7 @@ def test_the_mlflow_model_predicts_what_hpo_predict_writes(digits, holdout, tmp_
 
 
 def test_without_a_study_run_the_model_goes_to_one_export_run_of_the_study(digits):
-    uris = [log_ensemble(digits.top1, study_name="other-study") for _ in range(2)]
+    uris = [log_ensemble(digits.top1, study_name="other-study").uri for _ in range(2)]
 
     assert uris == ["models:/other-study/1", "models:/other-study/2"]
     client = mlflow.MlflowClient()
@@ -209,3 +210,77 @@ def test_the_verbs_add_their_parsers_without_importing_the_trainer():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_champion_alias_moves_only_to_a_better_headline(digits):
+    client = mlflow.MlflowClient()
+
+    def log(value: float, metric: str = "f1_macro") -> bool:
+        headline = Headline(metric, "holdout", value)
+        return log_ensemble(digits.top1, study_name="champ", headline=headline).champion
+
+    assert log(0.80)  # the first version is the champion
+    assert not log(0.70) and not log(0.80)  # worse, then a tie: the champion stays
+    assert str(client.get_model_version_by_alias("champ", "champion").version) == "1"
+    assert log(0.90)
+    champion = client.get_model_version_by_alias("champ", "champion")
+    assert str(champion.version) == "4" and champion.tags["hpo.score"] == "0.9"
+    assert champion.tags["hpo.score_kind"] == "holdout"
+    assert champion.tags["hpo.metric"] == "f1_macro"
+    assert log(0.5, metric="accuracy")  # another metric cannot be compared: the new one wins
+    loaded = mlflow.pyfunc.load_model("models:/champ@champion")
+    assert loaded.metadata.run_id == client.get_model_version("champ", "5").run_id
+
+
+def test_the_mlflow_model_ships_only_trainer_and_loads_without_search(digits, holdout, tmp_path):
+    uri = log_ensemble(digits.top1, study_name="lean").uri
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path)))
+    assert sorted(p.name for p in (local / "code").iterdir()) == ["trainer"]
+    np.save(tmp_path / "images.npy", holdout[1])
+    code = f"""
+import sys
+import mlflow
+import numpy as np
+model = mlflow.pyfunc.load_model({str(local)!r})
+frame = model.predict(np.load({str(tmp_path / "images.npy")!r}))
+assert len(frame) == 12 and frame.columns[0] == "label"
+loaded = sorted(m for m in sys.modules if m == "search" or m.startswith("search."))
+assert not loaded, loaded
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_predict_with_onnx_matches_pytorch_and_never_imports_torch(digits, holdout, tmp_path):
+    greys, _ = holdout
+    names = _digit_folder(tmp_path / "images", greys)
+    Path("images/broken.png").write_bytes(b"not a png")
+    _predict([str(digits.top1), "images", "--out", "torch.csv"])
+    code = f"""
+import sys
+from search.cli.main import main
+code = main(["predict", {str(digits.top1)!r}, "images", "--onnx", "--out", "onnx.csv"])
+assert code == 0, code
+assert "torch" not in sys.modules, "the --onnx path imported torch"
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 of" in done.stderr and "could not be read" in done.stderr
+    by_torch = pd.read_csv("torch.csv", keep_default_na=False).set_index("path")
+    by_onnx = pd.read_csv("onnx.csv", keep_default_na=False).set_index("path")
+    assert sorted(by_onnx.index) == sorted([*names, "broken.png"])
+    assert by_onnx.loc["broken.png", "label"] == ""
+    rows = by_torch.loc[names, PROBS].to_numpy(dtype=float)
+    assert np.abs(by_onnx.loc[names, PROBS].to_numpy(dtype=float) - rows).max() <= 1e-4
+    assert list(by_onnx.loc[names, "label"]) == list(by_torch.loc[names, "label"])
+
+
+def test_onnx_predictions_cannot_take_a_tta_flag(digits):
+    Path("images").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save("images/ok.png")
+    with pytest.raises(PredictInputError, match="part of the graph; drop --tta"):
+        _predict([str(digits.top1), "images", "--onnx", "--tta", "hflip"])

@@ -43,6 +43,7 @@ SPACE = """\
 from search.space import choice, loguniform
 
 data = "builtin:digits"
+holdout = 0.0
 image_size = 32
 folds = 2
 epochs = 2

@@ -1,0 +1,160 @@
+"""``ensemble.onnx``: the export as one ONNX file, written with PyTorch, run with onnxruntime.
+
+The file takes uint8 RGB images ``(N, S, S, 3)`` at the export's size ``S`` (its largest member
+size) and returns class probabilities ``(N, C)``; normalisation, every member with its weight,
+the TTA views and the vote are inside (see `trainer.onnx_graph`). Its ``metadata_props`` hold
+the class names (JSON), ``image_size``, ``tta``, the study and its metric.
+
+Running it (`OnnxEnsemble`) needs numpy, Pillow and onnxruntime, not PyTorch: this module
+imports torch only inside `write_onnx`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainer.errors import DataError, UserError
+from trainer.images import decode_image, unreadable_reason
+
+if TYPE_CHECKING:
+    from trainer.ensemble import Ensemble
+
+ONNX_FILE = "ensemble.onnx"
+_CHECK_IMAGES = 8
+
+
+class OnnxExportError(UserError):
+    """An ``ensemble.onnx`` that is missing or cannot be run."""
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """How closely the written file agrees with the PyTorch ensemble on random images."""
+
+    images: int
+    largest_difference: float
+
+    def sentence(self) -> str:
+        """For report.md."""
+        return (
+            f"onnxruntime checked against the PyTorch ensemble on {self.images} random images: "
+            f"largest difference of a probability {self.largest_difference:.1e}."
+        )
+
+
+def write_onnx(
+    folder: Path, ensemble: Ensemble, *, metadata: Mapping[str, Any], seed: int = 0
+) -> OnnxCheck:
+    """Write ``folder/ensemble.onnx`` from ``ensemble`` (on the CPU) and check it.
+
+    Args:
+        folder: The export folder being written.
+        ensemble: The export's ensemble, loaded on the CPU.
+        metadata: Extra ``metadata_props`` (study, metric).
+        seed: Seed of the random check images.
+    """
+    from trainer.onnx_graph import export_onnx
+
+    path = export_onnx(ensemble, Path(folder) / ONNX_FILE, metadata=metadata)
+    model = OnnxEnsemble.load(path)
+    size = model.image_size
+    images = np.random.default_rng(seed).integers(0, 256, (_CHECK_IMAGES, size, size, 3))
+    images = images.astype(np.uint8)
+    difference = np.abs(model.predict(images) - ensemble.predict(images)).max()
+    return OnnxCheck(_CHECK_IMAGES, float(difference))
+
+
+class OnnxEnsemble:
+    """An ``ensemble.onnx`` in an onnxruntime session, with its classes and input size.
+
+    Args:
+        session: The onnxruntime ``InferenceSession``.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        meta = session.get_modelmeta().custom_metadata_map
+        self.classes = tuple(json.loads(meta["classes"]))
+        self.image_size = int(meta["image_size"])
+        self.tta = meta.get("tta", "none")
+        self.metric = meta.get("metric")
+        self.input_name = session.get_inputs()[0].name
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> OnnxEnsemble:
+        """Open ``path``: an ``.onnx`` file, or an export folder holding ``ensemble.onnx``.
+
+        Args:
+            path: The file or the export folder.
+            device: ``cuda`` to run on onnxruntime's CUDA provider when it has one; else CPU.
+
+        Raises:
+            OnnxExportError: No such file, or onnxruntime cannot load it.
+        """
+        import onnxruntime as ort
+
+        file = Path(path) / ONNX_FILE if Path(path).is_dir() else Path(path)
+        if not file.is_file():
+            raise OnnxExportError(
+                f"{file} does not exist; export the study again with `hpo export STUDY` "
+                "(every export writes it), or predict without --onnx."
+            )
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            session = ort.InferenceSession(str(file), providers=providers)
+            return cls(session)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, KeyError, ValueError) as err:
+            raise OnnxExportError(
+                f"{file} cannot be run ({type(err).__name__}: {err}); export the study again "
+                "with `hpo export STUDY`."
+            ) from None
+
+    def predict(self, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities ``(N, C)`` of uint8 images ``(N, S, S, 3)`` at `image_size`."""
+        out = [np.empty((0, len(self.classes)), np.float32)]
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start : start + batch_size], dtype=np.uint8)
+            out.append(self.session.run(None, {self.input_name: batch})[0])
+        return np.concatenate(out)
+
+    def predict_files(
+        self, paths: Sequence[Path], *, batch_size: int = 64, progress: bool = False
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """Probabilities of image files, decoded as in training (rows of NaN when unreadable).
+
+        Returns:
+            ``(probs, unreadable)`` with ``{row: reason}`` for the files that cannot be read.
+        """
+        from tqdm.auto import tqdm
+
+        probs = np.full((len(paths), len(self.classes)), np.nan, dtype=np.float32)
+        unreadable: dict[int, str] = {}
+        bar = tqdm(total=len(paths), unit="img", desc="Predicting", disable=not progress)
+        with bar, ThreadPoolExecutor(max_workers=4) as pool:
+            for start in range(0, len(paths), batch_size):
+                chunk = list(paths[start : start + batch_size])
+                decoded = list(pool.map(self._decode, chunk))
+                failed = {start + i: d for i, d in enumerate(decoded) if isinstance(d, str)}
+                good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+                if good:
+                    batch = np.stack([decoded[i] for i in good])
+                    probs[[start + i for i in good]] = self.predict(batch, batch_size=batch_size)
+                unreadable.update(failed)
+                bar.update(len(chunk))
+        return probs, unreadable
+
+    def _decode(self, path: Path) -> np.ndarray | str:
+        try:
+            return decode_image(Path(path), self.image_size)
+        except DataError as err:
+            cause = err.__cause__
+            return unreadable_reason(Path(path), cause) if cause is not None else str(err)
