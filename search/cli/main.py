@@ -15,10 +15,8 @@ from collections.abc import Callable, Sequence
 # Before albumentations is imported anywhere: it would ask PyPI for updates on every start.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from search.cli import cache, dashboard, data, run, status
+from search.cli import cache, dashboard, data, export, predict, run, status
 from search.cli.args import ArgumentsError, Parser, with_fix
-from search.export import predict  # light modules: parsers only
-from search.export import study_export as export
 from search.tracking import ui
 from trainer.errors import UserError
 
@@ -56,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the verb, and turn user errors into exit status 2."""
     try:
         args = _parse(argv)
-        _quiet_libraries()
+        if args.verb != "predict":  # predict uses neither; `predict --onnx` imports no torch
+            _quiet_libraries()
         return args.handler(args)
     except UserError as err:
         print(f"hpo: error: {err}", file=sys.stderr)

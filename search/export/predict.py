@@ -9,13 +9,10 @@ onnxruntime and PyTorch is never imported.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search.cli.args import positive_int
 from trainer.errors import DataError, UserError
 
 if TYPE_CHECKING:
@@ -23,7 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # `--tta` without a mode: the export's own mode, or hflip when the export has none.
-_EXPORT_TTA = "export"
+EXPORT_TTA = "export"
 
 
 class PredictInputError(UserError):
@@ -197,7 +194,7 @@ def _onnx_probs(
 def _tta_mode(requested: str | None, exported: str) -> str:
     if requested is None:
         return exported
-    if requested == _EXPORT_TTA:
+    if requested == EXPORT_TTA:
         return exported if exported != "none" else "hflip"
     return requested
 
@@ -210,50 +207,3 @@ def _write(table: pd.DataFrame, out: Path) -> None:
         raise DataError(
             f"Cannot write {out} ({err.strerror or err}); pass a writable file with --out."
         ) from None
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    """`hpo predict EXPORT INPUT`: write predictions.csv (or ``--out``)."""
-    table, failed = predict_to_csv(
-        args.export,
-        args.input,
-        out=args.out,
-        tta=args.tta,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=sys.stderr.isatty() or args.progress,
-        onnx=args.onnx,
-    )
-    if failed:
-        first = ", ".join(f"{path} ({why})" for path, why in list(failed.items())[:3])
-        print(
-            f"hpo: {len(failed)} of {len(table)} files could not be read and have no label "
-            f"(first: {first}).",
-            file=sys.stderr,
-        )
-    print(f"Wrote {len(table) - len(failed)} predictions to {args.out}")
-    return 0
-
-
-def add_parser(verbs: argparse._SubParsersAction) -> None:
-    """Add the ``predict`` verb to the `hpo` command."""
-    parser = verbs.add_parser("predict", help="label images with an exported ensemble")
-    parser.add_argument("export", help="the export folder, e.g. studies/STUDY/export")
-    parser.add_argument("input", help="a folder of images (searched recursively) or a CSV")
-    parser.add_argument("--out", default="predictions.csv", help="output CSV (predictions.csv)")
-    parser.add_argument(
-        "--tta",
-        nargs="?",
-        const=_EXPORT_TTA,
-        metavar="MODE",
-        help="test-time augmentation: none, hflip, flip4 or d4; alone: the export's (or hflip)",
-    )
-    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    parser.add_argument(
-        "--onnx",
-        action="store_true",
-        help="predict with the export's ensemble.onnx in onnxruntime (no PyTorch needed)",
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
-    parser.add_argument("--progress", action="store_true", help="progress bar even in a log")
-    parser.set_defaults(handler=cmd_predict)

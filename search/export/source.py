@@ -20,7 +20,7 @@ from search.space.settings import SETTINGS
 from search.study.storage import StudyError, StudyPlace, load_hpo_study
 
 if TYPE_CHECKING:
-    from search.engine.run import StudyRun
+    from search.context import StudyRun
     from trainer.sources import ImageTable
 
 

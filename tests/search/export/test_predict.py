@@ -203,7 +203,7 @@ def test_the_verbs_add_their_parsers_without_importing_the_trainer():
     # `hpo --help` and `hpo status` build every verb's parser; that must stay fast.
     code = (
         "import argparse, sys\n"
-        "from search.export import predict, study_export as export\n"
+        "from search.cli import export, predict\n"
         "verbs = argparse.ArgumentParser().add_subparsers()\n"
         "export.add_parser(verbs); predict.add_parser(verbs)\n"
         "heavy = [m for m in ('torch', 'optuna', 'mlflow', 'pandas') if m in sys.modules]\n"
