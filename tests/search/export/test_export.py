@@ -15,18 +15,14 @@ import numpy as np
 import optuna
 import pytest
 
+from search.cli.export import add_parser
 from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.export.checkpoints import checkpoint_hook, load_oof, top_trials, trial_dir
 from search.export.report import Scores, flat_metrics, measure
 from search.export.selection import combine, select
 from search.export.source import stored_settings
-from search.export.study_export import (
-    NothingToExport,
-    add_parser,
-    export_from_storage,
-    export_study,
-)
+from search.export.study_export import NothingToExport, export_from_storage, export_study
 from search.space.spacefile import load_space
 from search.study.splits import holdout_indices
 from search.study.storage import StudyError, stored_folds

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from search.cli.predict import add_parser
 from search.export.mlflow_model import Headline, log_ensemble
-from search.export.predict import PredictInputError, add_parser
+from search.export.predict import PredictInputError
 from search.study.splits import holdout_indices
 from search.study.storage import stored_folds
 from tests.search.export.test_export import DigitsStudy, shared_digits_study
