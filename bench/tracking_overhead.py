@@ -46,7 +46,8 @@ def child(variant: str, trials: int) -> dict:
     """Run the study once in the current folder; returns its wall time and trial values."""
     from search.context import RunRequest
     from search.engine.run import default_hooks, run
-    from search.tracking.tracker import prepare_mlflow, tracking_hook
+    from search.tracking.tracker import tracking_hook
+    from search.tracking.writer import prepare_mlflow
 
     store_seconds = 0.0
     if variant == "mlflow":

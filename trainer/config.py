@@ -23,6 +23,14 @@ Tta = Literal["none", "hflip", "flip4", "d4"]
 # here so that the study side can check a setting without importing albumentations.
 TTA_MODES: tuple[str, ...] = get_args(Tta)
 
+# Here, not in trainer.metrics, so that the study side reads a direction without scikit-learn.
+DIRECTIONS: dict[str, str] = {
+    "f1_macro": "maximize",
+    "accuracy": "maximize",
+    "log_loss": "minimize",
+}
+"""Whether a larger (``maximize``) or smaller (``minimize``) value of each metric is better."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:

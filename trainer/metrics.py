@@ -11,14 +11,8 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
+from trainer.config import DIRECTIONS
 from trainer.errors import ConfigError
-
-DIRECTIONS: dict[str, str] = {
-    "f1_macro": "maximize",
-    "accuracy": "maximize",
-    "log_loss": "minimize",
-}
-"""Whether a larger (``maximize``) or smaller (``minimize``) value of each metric is better."""
 
 # Probabilities are clipped to this before the log, so a confident mistake costs ~16, not inf.
 _PROB_FLOOR = 1e-7

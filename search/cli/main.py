@@ -26,7 +26,7 @@ Handler = Callable[[argparse.Namespace], int]
 def _quiet_libraries() -> None:
     import optuna
 
-    from search.tracking.tracker import prepare_mlflow
+    from search.tracking.writer import prepare_mlflow
 
     prepare_mlflow()  # before anything imports mlflow: its retry and logging defaults
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from trainer.errors import DataError
 from trainer.types import Split
+
+# scikit-learn is imported where the splits are made: `hpo status` and `hpo --help` read a
+# study through this package and must not pay a second for it.
 
 HOLDOUT = -1
 
@@ -32,6 +34,8 @@ def assign_folds(
     Raises:
         DataError: If a class or the groups are too few for the requested folds.
     """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
     fold_of = np.full(len(labels), HOLDOUT, dtype=np.int64)
     pool = np.arange(len(labels))
     if holdout > 0:
@@ -57,6 +61,8 @@ def _holdout_pool(
     seed: int,
 ) -> np.ndarray:
     """Indices left for cross-validation after a stratified (group-aware) holdout."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
     everything = np.arange(len(labels))
     if groups is None:
         _check_enough(labels, None, classes, 2, purpose="a holdout split")

@@ -28,7 +28,7 @@ from search.study.pruning import Rungs, build_pruner
 from search.study.resilient import PATIENCE, ResilientStorage
 from search.study.samplers import build_sampler
 from search.study.splits import assign_folds
-from trainer import metrics
+from trainer.config import DIRECTIONS
 from trainer.errors import UserError
 from trainer.sources import ImageTable
 
@@ -216,7 +216,7 @@ def open_study(
         min_peers=settings["pruner_startup_trials"],
         p=settings["pruner_p"],
     )
-    direction = metrics.DIRECTIONS[space.config({}).metric]
+    direction = DIRECTIONS[space.config({}).metric]
     study = optuna.create_study(
         study_name=place.name,
         storage=storage,
