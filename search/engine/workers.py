@@ -13,8 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,11 +87,15 @@ def worker_command(
 
 def start_workers(
     request: RunRequest, current: StudyRun, gpus: Sequence[str] | None
-) -> list[Worker]:
-    """Start the worker processes; their output goes to studies/<name>/logs/."""
+) -> Iterator[Worker]:
+    """Start the worker processes one by one; their output goes to studies/<name>/logs/.
+
+    Each worker gets a process group of its own: a terminal's Ctrl-C (sent to its whole
+    foreground group) then reaches only the parent, which passes it on once (see `_stop`). A
+    worker interrupted twice could be cut short while it records its trial as failed.
+    """
     logs = current.place.folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    started = []
     for index, env in enumerate(plan_devices(request.workers, gpus)):
         log = logs / f"worker-{index}.log"
         with log.open("ab") as sink:
@@ -98,9 +104,9 @@ def start_workers(
                 env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
+                process_group=0,
             )
-        started.append(Worker(index, process, log))
-    return started
+        yield Worker(index, process, log)
 
 
 def run_workers(request: RunRequest, *, gpus: Sequence[str] | None = None) -> str:
@@ -108,20 +114,23 @@ def run_workers(request: RunRequest, *, gpus: Sequence[str] | None = None) -> st
 
     Raises:
         WorkersFailed: If every worker stopped and the study is short of its target.
-        KeyboardInterrupt: After passing Ctrl-C on to the workers and waiting for them.
+        KeyboardInterrupt: After passing Ctrl-C (or SIGTERM, or a hangup) on to the workers
+            and waiting for them.
     """
     current = prepare(request)
     # The parent's hooks see no trial: they set up (the MLflow study run, before any worker
     # looks for it) and close the study (tables, plots, checkpoint sweep).
     observers = observers_for(current, default_hooks())
-    workers = start_workers(request, current, gpus)
-    current.console.print(
-        f"Started {len(workers)} workers on study '{current.place.name}'; logs in "
-        f"{workers[0].log.parent}"
-    )
+    workers: list[Worker] = []
     outcome = "failed"
     try:
-        watch(current, workers)
+        with _stopping_signals_interrupt():
+            workers.extend(start_workers(request, current, gpus))
+            current.console.print(
+                f"Started {len(workers)} workers on study '{current.place.name}'; logs in "
+                f"{workers[0].log.parent}"
+            )
+            watch(current, workers)
         outcome = _outcome(current, workers)
     except KeyboardInterrupt:
         outcome = "interrupted"
@@ -131,6 +140,31 @@ def run_workers(request: RunRequest, *, gpus: Sequence[str] | None = None) -> st
         observers.study_ended(current.study, outcome)
     finish(current, outcome)
     return outcome
+
+
+@contextmanager
+def _stopping_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt here, so that the workers are stopped too.
+
+    Workers have process groups of their own, so a supervisor's SIGTERM or a closed terminal's
+    hangup reaches only the parent, which must pass it on. A signal this process ignores (as
+    under nohup) stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    stopping = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
+    for signum in stopping:
+        signal.signal(signum, _interrupt)
+    try:
+        yield
+    finally:
+        for signum in stopping:
+            signal.signal(signum, signal.SIG_DFL)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def watch(current: StudyRun, workers: Sequence[Worker], *, every: float = 2.0) -> None:
@@ -185,7 +219,7 @@ def outcome_of(
 
 
 def _stop(workers: Sequence[Worker]) -> None:
-    """Pass Ctrl-C on (a terminal already sent it to the group) and wait for clean exits."""
+    """Pass Ctrl-C on to every worker, once, and wait for them to record their trials."""
     for worker in workers:
         if worker.process.poll() is None:
             worker.process.send_signal(signal.SIGINT)

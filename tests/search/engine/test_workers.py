@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from search.cli.main import build_parser, main
 from search.engine.run import RunRequest
@@ -117,3 +123,125 @@ def test_several_gpus_run_one_worker_each_and_no_gpus_leave_the_devices_alone(ru
         ("2 workers", None, ["3"]),
         ("here", None, None),
     ]
+
+
+# A stand-in worker: counts the SIGINTs it receives, says so in its log, exits as `hpo run` does.
+COUNTING_WORKER = """\
+import signal, sys, time
+received = []
+signal.signal(signal.SIGINT, lambda *_: received.append(time.monotonic()))
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and not (received and time.monotonic() > received[0] + 2):
+    time.sleep(0.05)
+print(f"SIGINT received {len(received)} times", flush=True)
+sys.exit(130 if received else 1)
+"""
+# The parent: a real `hpo run --workers 2` whose workers are the stand-in above.
+PARENT = f"""\
+import signal, sys
+# As in a terminal, whatever the shell that started the tests ignores (nohup, a background job).
+for signum in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(signum, signal.SIG_DFL)
+from search.engine import workers
+workers.worker_command = lambda *_: [sys.executable, "-c", {COUNTING_WORKER!r}]
+from search.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_parent(space: Path) -> subprocess.Popen:
+    """The parent in a session of its own, so that the test can play its terminal."""
+    argv = ["run", str(space), "--trials", "4", "--workers", "2", *TINY, "tracking=none"]
+    return subprocess.Popen(
+        [sys.executable, "-c", PARENT, *argv],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def wait_for_workers(parent: subprocess.Popen, logs: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert parent.poll() is None, parent.stderr.read().decode()[-3000:]
+        texts = [p.read_text() for p in sorted(logs.glob("worker-*.log"))]
+        if len(texts) == 2 and all("ready" in t for t in texts):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the workers did not start in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, False)],
+    ids=["ctrl-c-in-the-terminal", "sigterm-to-the-parent", "hangup"],
+)
+def test_each_worker_is_interrupted_exactly_once(space, signum, to_group):
+    parent = start_parent(space)
+    logs = Path("studies/w/logs")
+    try:
+        wait_for_workers(parent, logs)
+        # A terminal sends Ctrl-C to its whole foreground process group, the parent's.
+        if to_group:
+            os.killpg(parent.pid, signum)
+        else:
+            parent.send_signal(signum)
+        _, err = parent.communicate(timeout=120)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 130, err.decode()[-3000:]
+    assert "Run the same command again to resume" in err.decode()
+    for log in sorted(logs.glob("worker-*.log")):
+        assert "SIGINT received 1 times" in log.read_text(), log.read_text()
+
+
+def wait_for_two_running_trials(parent: subprocess.Popen, storage: str) -> None:
+    """Until both workers are inside a trial (each has reported an epoch)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        assert parent.poll() is None, parent.stderr.read().decode()[-3000:]
+        running = []
+        if Path("studies/w/study.db").exists():  # the parent has created the storage
+            try:
+                study = optuna.load_study(study_name="w", storage=storage)
+                running = study.get_trials(states=(TrialState.RUNNING,))
+            except KeyError:  # but not the study yet
+                pass
+        if sum(bool(t.intermediate_values) for t in running) == 2:
+            return
+        time.sleep(0.3)
+    raise AssertionError("the two workers were never inside a trial at the same time")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_terminal_fails_the_workers_trials_cleanly(space):
+    # A long heartbeat: no worker may take a slow one's trial for dead on a loaded machine.
+    argv = ["run", str(space), "--trials", "4", "--workers", "2", *TINY, "epochs=6", "heartbeat=60"]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", *argv, "tracking=none", "threads=1"],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    storage = "sqlite:///studies/w/study.db"
+    try:
+        wait_for_two_running_trials(parent, storage)
+        os.killpg(parent.pid, signal.SIGINT)
+        _, err = parent.communicate(timeout=180)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 130, err.decode()[-3000:]
+    trials = optuna.load_study(study_name="w", storage=storage).trials
+    states = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    assert not [t for t in trials if t.state == TrialState.RUNNING], states
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 2, states
+    assert {t.user_attrs["fail_reason"] for t in interrupted} == {"interrupted (Ctrl-C)"}
+    for log in sorted(Path("studies/w/logs").glob("worker-*.log")):
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
