@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from search.cli.main import build_parser, main
 from search.context import RunRequest
@@ -197,12 +199,28 @@ def test_each_worker_is_interrupted_exactly_once(space, signum, to_group):
         assert "SIGINT received 1 times" in log.read_text(), log.read_text()
 
 
+def wait_for_two_running_trials(parent: subprocess.Popen, storage: str) -> None:
+    """Until both workers are inside a trial (each has reported an epoch)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        assert parent.poll() is None, parent.stderr.read().decode()[-3000:]
+        running = []
+        if Path("studies/w/study.db").exists():  # the parent has created the storage
+            try:
+                study = optuna.load_study(study_name="w", storage=storage)
+                running = study.get_trials(states=(TrialState.RUNNING,))
+            except KeyError:  # but not the study yet
+                pass
+        if sum(bool(t.intermediate_values) for t in running) == 2:
+            return
+        time.sleep(0.3)
+    raise AssertionError("the two workers were never inside a trial at the same time")
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_the_terminal_fails_the_workers_trials_cleanly(space):
-    import optuna
-    from optuna.trial import TrialState
-
-    argv = ["run", str(space), "--trials", "4", "--workers", "2", *TINY, "epochs=6"]
+    # A long heartbeat: no worker may take a slow one's trial for dead on a loaded machine.
+    argv = ["run", str(space), "--trials", "4", "--workers", "2", *TINY, "epochs=6", "heartbeat=60"]
     parent = subprocess.Popen(
         [sys.executable, "-m", "search.cli", *argv, "tracking=none", "threads=1"],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -212,18 +230,7 @@ def test_ctrl_c_in_the_terminal_fails_the_workers_trials_cleanly(space):
     )
     storage = "sqlite:///studies/w/study.db"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # until both workers are inside a trial
-            assert parent.poll() is None, parent.stderr.read().decode()[-3000:]
-            try:
-                running = optuna.load_study(study_name="w", storage=storage).get_trials(
-                    states=(TrialState.RUNNING,)
-                )
-            except Exception:  # not created yet
-                running = []
-            if sum(bool(t.intermediate_values) for t in running) == 2:
-                break
-            time.sleep(0.3)
+        wait_for_two_running_trials(parent, storage)
         os.killpg(parent.pid, signal.SIGINT)
         _, err = parent.communicate(timeout=180)
     finally:
@@ -231,9 +238,10 @@ def test_ctrl_c_in_the_terminal_fails_the_workers_trials_cleanly(space):
             parent.kill()
     assert parent.returncode == 130, err.decode()[-3000:]
     trials = optuna.load_study(study_name="w", storage=storage).trials
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    states = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    assert not [t for t in trials if t.state == TrialState.RUNNING], states
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(interrupted) == 2
+    assert len(interrupted) == 2, states
     assert {t.user_attrs["fail_reason"] for t in interrupted} == {"interrupted (Ctrl-C)"}
     for log in sorted(Path("studies/w/logs").glob("worker-*.log")):
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
