@@ -115,7 +115,8 @@ class ExportScores:
             else:
                 word = "does not beat"
             parts.append(f"{word} {row.model} ({other:.4f})")
-        return f"On the holdout the {export.model} ({value:.4f}) " + "; ".join(parts) + "."
+        lead = f"On the holdout without TTA the {export.model} ({value:.4f})"
+        return f"{lead} " + "; ".join(parts) + "."
 
 
 def measure(labels: np.ndarray, probs: np.ndarray) -> Scores:
@@ -172,9 +173,10 @@ def _ensemble_line(scores: ExportScores, manifest: Manifest) -> str:
 def _headline_line(scores: ExportScores) -> str:
     kind, value = scores.headline()
     if kind == "holdout":
+        tta = f", with the export's TTA ({scores.tta})" if scores.tta != "none" else ""
         return (
             f"Headline: {scores.metric} {value:.4f} on the holdout ({scores.holdout_size} images "
-            "never used in the search)."
+            f"never used in the search{tta})."
         )
     return (
         f"Headline: {scores.metric} {value:.4f}, {CV} on {scores.cv_size} images: biased upwards "

@@ -1,0 +1,82 @@
+"""What an export says about its scores: the headline, the table, and MLflow keys."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from search.export.report import CV, ExportScores, Row, Scores, flat_metrics, markdown, show
+from trainer.manifest import Manifest, MemberSpec
+
+GOOD, FAIR, WEAK = Scores(0.9, 0.88, 0.3), Scores(0.8, 0.79, 0.5), Scores(0.7, 0.69, 0.7)
+
+
+def _scores(*, holdout: bool) -> ExportScores:
+    def row(name: str, key: str, cv: Scores, plain: Scores) -> Row:
+        return Row(name, cv, plain if holdout else None, plain if holdout else None, key=key)
+
+    return ExportScores(
+        study="s",
+        metric="f1_macro",
+        mode="select",
+        candidates=(4, 2),
+        values=(0.85, 0.8),
+        counts=(3, 1),
+        rows=(
+            row("selection", "export", GOOD, FAIR),
+            row("trial 4 soft voting (best trial)", "trial4", FAIR, WEAK),
+            row("best fold model on the holdout (trial4-fold0)", "best_fold_model", WEAK, FAIR),
+        ),
+        cv_size=900,
+        holdout_size=100 if holdout else 0,
+        tta="none",
+        tta_compared="hflip",
+    )
+
+
+def _manifest() -> Manifest:
+    spec = MemberSpec(
+        "trial4-fold0",
+        "m.safetensors",
+        {"backbone": "test_vit", "image_size": 32},
+        (0.5,) * 3,
+        (0.5,) * 3,
+        "",
+    )
+    return Manifest(("a", "b"), (spec,))
+
+
+def test_with_a_holdout_the_headline_is_the_holdout_score():
+    scores = _scores(holdout=True)
+    assert scores.headline() == ("holdout", FAIR.f1_macro)
+    assert scores.weights == {4: 0.75, 2: 0.25} and scores.trials == (4, 2)
+    verdict = scores.verdict()
+    assert "beats trial 4 soft voting (best trial) (0.6900)" in verdict
+    assert "equals best fold model" in verdict
+    flat = flat_metrics(scores)
+    assert flat["export_headline_holdout_f1_macro"] == FAIR.f1_macro
+    assert flat["export_export_cv_optimistic_f1_macro"] == GOOD.f1_macro
+    assert flat["export_trial4_holdout_tta_accuracy"] == WEAK.accuracy
+
+
+def test_without_a_holdout_every_score_says_it_is_optimistic():
+    scores = _scores(holdout=False)
+    out = io.StringIO()
+
+    show(scores, Console(file=out, width=300), folder=".", manifest=_manifest())
+    text = markdown(scores, _manifest(), onnx_check="checked.")
+
+    assert scores.headline() == (CV, GOOD.f1_macro) and scores.verdict() is None
+    printed = out.getvalue()
+    assert f"Headline: f1_macro 0.8800, {CV}" in printed and "biased upwards" in printed
+    assert "holdout" not in printed.split("Scores of the export")[1].splitlines()[2]
+    assert f"| model | f1_macro {CV} |" in text and "No holdout" in text
+    assert set(flat_metrics(scores)) == {
+        "export_headline_cv_optimistic_f1_macro",
+        *(
+            f"export_{k}_cv_optimistic_{m}"
+            for k in ("export", "trial4", "best_fold_model")
+            for m in ("accuracy", "f1_macro", "log_loss")
+        ),
+    }
