@@ -24,3 +24,7 @@ dropout = uniform(0.0, 0.3)
 loss = choice("ce", "focal", "label_smoothing")
 focal_gamma = uniform(0.5, 3.0, when={"loss": "focal"})
 label_smoothing = uniform(0.0, 0.2, when={"loss": "label_smoothing"})
+
+# Optional: configurations to evaluate first, and a study that stops by itself.
+# baselines = [{"backbone": "test_resnet", "lr": 3e-3, "loss": "ce"}]
+# patience_trials = 20  # 20 finished trials in a row without a gain beyond the best's fold std

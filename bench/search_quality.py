@@ -1,0 +1,266 @@
+"""Search quality: best held-out score against compute, hpo's default vs TPE and random search.
+
+The task is one on which configurations really differ: scikit-learn's digits at low resolution,
+few images and a share of wrong labels in the cross-validation part (the holdout keeps its true
+labels). Its spread, the 10th and 90th percentile of random configurations' CV scores, is
+printed first (goal: at least 0.10 apart, or the task cannot tell searches apart).
+
+For each seed, three searches of the same space run with the same compute, counted in epochs
+trained (pruned trials' epochs included):
+
+- ``hpo``: hpo's defaults (Halton start-up, TPE, rung and fold pruning);
+- ``tpe``: the same sampler with ``pruner=none``;
+- ``random``: ``sampler=random pruner=none``, run to 3x the budget.
+
+At compute points the best trial so far (by CV score) is trained once on all cross-validation
+images and scored on the holdout (last epoch, never chosen on the holdout).
+
+Goals (medians over seeds): hpo at budget B >= random at 3B; hpo at B > tpe at B.
+
+    .venv/bin/python bench/search_quality.py [--seeds 5] [--budget 240] [--images 500] ...
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json
+import statistics
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from PIL import Image
+
+from bench import common
+
+METHODS = {
+    "hpo": [],
+    "tpe": ["pruner=none"],
+    "random": ["sampler=random", "pruner=none"],
+}
+POINTS = (0.25, 0.5, 1.0, 2.0, 3.0)  # compute points, as multiples of the budget
+SPACE = """\
+from search.space import choice, loguniform, uniform
+
+data = {data!r}
+image_size = {size}
+folds = {folds}
+epochs = {epochs}
+metric = "accuracy"
+augment = "light"
+hflip = False
+tracking = "none"
+threads = 1
+backbone = choice("test_resnet", "test_vit")
+lr = loguniform(1e-4, 3e-2)
+batch_size = choice(16, 32, 64)
+weight_decay = loguniform(1e-5, 5e-2)
+dropout = uniform(0.0, 0.5)
+loss = choice("ce", "focal", "label_smoothing")
+focal_gamma = uniform(0.5, 3.0, when={{"loss": "focal"}})
+label_smoothing = uniform(0.0, 0.2, when={{"loss": "label_smoothing"}})
+"""
+
+
+# --- the task -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """The written data: the CV images (noisy labels), and all images for holdout scoring."""
+
+    cv_csv: Path
+    all_csv: Path
+    cv: int
+    holdout: int
+
+
+def make_task(folder: Path, *, images: int, holdout: int, noise: float, seed: int) -> Task:
+    """Write ``images`` digits (a share ``noise`` relabelled at random) plus a clean holdout."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(digits.target))[: images + holdout]
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, i in enumerate(order):
+        path = folder / "img" / f"{i}.png"
+        Image.fromarray(np.rint(digits.images[i] * 255 / 16).astype(np.uint8)).save(path)
+        label = int(digits.target[i])
+        if k < images and rng.random() < noise:
+            label = int(rng.integers(10))
+        rows.append(f"img/{i}.png,{label}")
+    (folder / "cv.csv").write_text("path,label\n" + "\n".join(rows[:images]) + "\n")
+    (folder / "all.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return Task(folder / "cv.csv", folder / "all.csv", images, holdout)
+
+
+# --- one search -----------------------------------------------------------------------------------
+
+
+def spent(trials: list[FrozenTrial]) -> int:
+    """Epochs trained by ``trials`` (pruned ones included)."""
+    return sum(int(t.user_attrs.get("epochs", 0)) for t in trials)
+
+
+def search(space: Path, name: str, overrides: list[str], budget: int) -> list[FrozenTrial]:
+    """Run study ``name`` until it has trained ``budget`` epochs; its finished trials in order."""
+    from search.context import RunRequest
+    from search.engine.objective import Objective
+    from search.engine.run import prepare
+    from search.engine.runner import RunLimits, optimize
+    from search.hooks import HookList
+
+    request = RunRequest(str(space), overrides, study=name, progress=False, export=False)
+    current = prepare(request)
+    objective, quiet = Objective(current.space, current.data, HookList([])), HookList([])
+    target = 0
+    while spent(current.study.trials) < budget:
+        target += 2  # a few trials at a time, then count the epochs again
+        optimize(current.study, objective, quiet, RunLimits(target=target, poll_seconds=0.1))
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    return sorted(current.study.get_trials(states=finished), key=lambda t: t.number)
+
+
+def best_by(trials: list[FrozenTrial], compute: float) -> FrozenTrial | None:
+    """The best complete trial (CV score) among those finished within ``compute`` epochs."""
+    best, used = None, 0
+    for trial in trials:
+        used += int(trial.user_attrs.get("epochs", 0))
+        if used > compute:
+            break
+        if trial.state == TrialState.COMPLETE and (best is None or trial.value > best.value):
+            best = trial
+    return best
+
+
+class Holdout:
+    """Scores a trial's config on the clean holdout, training once on every CV image."""
+
+    def __init__(self, task: Task, size: int) -> None:
+        from trainer.cache import cached_images
+        from trainer.sources import load_table
+
+        self.images = cached_images(load_table(str(task.all_csv)), size, progress=False)
+        self.cv, self.holdout = np.arange(task.cv), np.arange(task.cv, task.cv + task.holdout)
+        self.scores: dict[str, float] = {}
+
+    def score(self, trial: FrozenTrial | None) -> float:
+        if trial is None:
+            return float("nan")
+        from trainer.config import TrainConfig
+        from trainer.loop import Split, fit
+
+        key = json.dumps(trial.user_attrs["config"], sort_keys=True)
+        if key not in self.scores:
+            config = TrainConfig(**trial.user_attrs["config"])
+            result = fit(config, self.images, Split(0, self.cv, self.holdout))
+            self.scores[key] = result.history[-1].score
+        return self.scores[key]
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(runs: list[list[FrozenTrial]]) -> tuple[float, float]:
+    """10th and 90th percentile of random configurations' CV scores (complete trials)."""
+    values = [t.value for run in runs for t in run if t.state == TrialState.COMPLETE]
+    return tuple(np.percentile(values, [10, 90])) if values else (float("nan"), float("nan"))
+
+
+def report(args, results: dict[str, list[dict[float, float]]], low: float, high: float) -> None:
+    common.print_table(
+        "Task spread: random configurations' CV accuracy",
+        ["P10", "P90", "P90 - P10", "goal", "met"],
+        [[low, high, high - low, ">= 0.10", common.meets(high - low, at_least=0.10)]],
+    )
+    headers = ["method"] + [f"{p:g}B ({int(p * args.budget)} ep)" for p in POINTS]
+    nan = float("nan")
+    rows = [[m] + [median([s.get(p, nan) for s in r]) for p in POINTS] for m, r in results.items()]
+    common.print_table("Best holdout accuracy so far (median over seeds)", headers, rows)
+    for method, per_seed in results.items():
+        lines = [[seed] + [s.get(p, nan) for p in POINTS] for seed, s in enumerate(per_seed)]
+        common.print_table(f"{method}: per seed", ["seed", *headers[1:]], lines)
+    at = {m: median([s.get(1.0, nan) for s in r]) for m, r in results.items()}
+    versus_random = at["hpo"] - median([s.get(3.0, nan) for s in results["random"]])
+    versus_tpe = at["hpo"] - at["tpe"]
+    goals = [
+        ["hpo at B - random at 3B", versus_random, ">= 0", common.meets(versus_random, at_least=0)],
+        ["hpo at B - tpe at B", versus_tpe, "> 0", "yes" if versus_tpe > 0 else "no"],
+    ]
+    common.print_table("Goals", ["what", "value", "goal", "met"], goals)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: build the task, run every method for every seed, print the tables."""
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=5, help="seeds (studies per method)")
+    p.add_argument("--budget", type=int, default=240, help="B: epochs of hpo and tpe")
+    p.add_argument("--images", type=int, default=500, help="cross-validation images")
+    p.add_argument("--holdout", type=int, default=300, help="holdout images (true labels)")
+    p.add_argument("--noise", type=float, default=0.2, help="share of CV labels made random")
+    p.add_argument("--size", type=int, default=16, help="image size in pixels")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4, help="epochs per fold")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.budget, args.images, args.holdout = 1, 12, 200, 100
+        args.folds, args.epochs = 2, 2
+    common.set_threads(1)  # the space trains with threads=1 too: comparable on a busy machine
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    folder = common.fresh_dir(args.workdir / "search_quality")
+    os.chdir(folder)  # studies/ and the image cache go there
+    task = make_task(folder, images=args.images, holdout=args.holdout, noise=args.noise, seed=0)
+    space = folder / "space.py"
+    values = {"size": args.size, "folds": args.folds, "epochs": args.epochs}
+    space.write_text(SPACE.format(data=str(task.cv_csv), **values))
+    common.header(
+        "search quality: best holdout accuracy against epochs trained",
+        1,
+        [
+            f"digits at {args.size}px: {args.images} CV images ({args.noise:.0%} random labels), "
+            f"{args.holdout} holdout; {args.folds} folds x {args.epochs} epochs per trial",
+            f"budget B = {args.budget} epochs; {args.seeds} seeds; random runs to 3B",
+        ],
+    )
+    holdout = Holdout(task, args.size)
+    results: dict[str, list[dict[float, float]]] = {m: [] for m in METHODS}
+    runs: dict[str, list[list[FrozenTrial]]] = {m: [] for m in METHODS}
+    for seed in range(args.seeds):
+        for method, overrides in METHODS.items():
+            budget = args.budget * (3 if method == "random" else 1)
+            trials = search(space, f"{method}-{seed}", [*overrides, f"seed={seed}"], budget)
+            runs[method].append(trials)
+            points = [q for q in POINTS if q * args.budget <= budget]
+            scores = {q: holdout.score(best_by(trials, q * args.budget)) for q in points}
+            results[method].append(scores)
+            done = sum(t.state == TrialState.COMPLETE for t in trials)
+            shown = ", ".join(f"{q:g}B {v:.3f}" for q, v in scores.items())
+            print(
+                f"seed {seed} {method}: {len(trials)} trials ({done} complete), "
+                f"{spent(trials)} epochs; best holdout accuracy {shown}",
+                flush=True,
+            )
+    print()
+    report(args, results, *spread(runs["random"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
