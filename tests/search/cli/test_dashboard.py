@@ -53,7 +53,7 @@ def test_hpo_dashboard_serves_the_study_and_stops_on_sigterm():
         address = line.split()[-1]
         assert address.startswith(f"http://127.0.0.1:{port}/dashboard/studies/")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as reply:
-            studies = json.load(reply)["studies"]
+            studies = json.load(reply)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["dash"]
         study_id = studies[0]["study_id"]
         assert address.endswith(f"/{study_id}")
@@ -74,4 +74,5 @@ def test_hpo_dashboard_names_an_unknown_study(tmp_path: Path):
     cmd = [sys.executable, "-m", "search.cli", "dashboard", "nosuch"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 2
-    assert "No study named 'nosuch'" in done.stderr and "Traceback" not in done.stderr
+    assert "No study storage at" in done.stderr and "nosuch" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
