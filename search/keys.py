@@ -76,3 +76,6 @@ HISTORY_ARTIFACT = "optimization_history.png"
 IMPORTANCE_ARTIFACT = "param_importances.png"
 DATA_SUMMARY_ARTIFACT = "data_summary"  # + .json and .txt
 SPACE_ARTIFACT = "space.py"
+
+# The MLflow UI's view of a study's trials: experiment tag mlflow.sharedViewState.<this>
+TRIALS_VIEW = "hpo-trials"

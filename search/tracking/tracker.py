@@ -23,6 +23,7 @@ from search.tracking.runs import (
     log_study_tables,
     study_tables,
 )
+from search.tracking.view import address_line
 from search.tracking.writer import Guard, Writer, prepare_mlflow
 
 if TYPE_CHECKING:
@@ -177,3 +178,6 @@ class MlflowTracker(Hooks):
         if self.active and not others:  # the last worker to stop closes the study run
             status = {"done": "FINISHED", "timeout": "FINISHED", "interrupted": "KILLED"}
             self.guard(self.client.set_terminated, self.study_run_id, status.get(outcome, "FAILED"))
+        if self.active:
+            line = address_line(self.uri, self.run.place.name, self.experiment_id)
+            self.run.console.print(line, soft_wrap=True, markup=False, highlight=False)

@@ -36,6 +36,7 @@ from search.study.storage import open_storage, redact_url
 from search.tracking.artifacts import outcome_tags, run_status
 from search.tracking.runs import close_stale_run, close_stale_trial_run
 from search.tracking.tracker import MlflowTracker, tracking_hook
+from search.tracking.view import VIEW_TAG
 from search.tracking.writer import Guard, prepare_mlflow, stopped_message
 
 SPACE = """\
@@ -89,6 +90,7 @@ class Tracked:
     study: optuna.Study
     runs: list[Run]
     batches: list[tuple[str, dict]]
+    printed: str
 
     def kind(self, kind: str) -> list[Run]:
         return [r for r in self.runs if r.data.tags.get("hpo.kind") == kind]
@@ -138,7 +140,8 @@ def tracked(tmp_path_factory) -> Iterator[Tracked]:
     try:
         space = write_space(folder)
         request = RunRequest(space=str(space), trials=3, progress=False, export=False)
-        run(request, console=quiet(), hooks=[counting_tracker(batches), lambda _: Saboteur()])
+        console = quiet()
+        run(request, console=console, hooks=[counting_tracker(batches), lambda _: Saboteur()])
     finally:
         os.chdir(previous)
         if uri is not None:
@@ -148,7 +151,7 @@ def tracked(tmp_path_factory) -> Iterator[Tracked]:
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     storage = f"sqlite:///{folder / 'studies' / 'tiny' / 'study.db'}"
     study = optuna.load_study(study_name="tiny", storage=storage)
-    yield Tracked(folder, client, study, runs, batches)
+    yield Tracked(folder, client, study, runs, batches, console.file.getvalue())
 
 
 def test_one_experiment_named_after_the_study_with_one_study_run(tracked):
@@ -478,3 +481,25 @@ def test_storage_urls_are_shown_without_their_password(tracked):
     (study_run,) = tracked.kind("study")
     stored = f"sqlite:///{tracked.folder / 'studies' / 'tiny' / 'study.db'}"
     assert study_run.data.tags["hpo.storage"] == stored
+
+
+def test_the_experiment_holds_a_view_of_the_trials_best_first_with_their_columns(tracked):
+    experiment = tracked.client.get_experiment(tracked.kind("study")[0].info.experiment_id)
+    view = json.loads(experiment.tags[VIEW_TAG])
+    assert view["searchFilter"] == "tags.`hpo.kind` = 'trial'"
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`score_mean`", False)
+    columns = view["selectedColumns"]
+    assert columns[0] == "metrics.`score_mean`"
+    assert {"params.`lr`", "params.`dropout`", "tags.`optuna.state`"} <= set(columns)
+    found = tracked.client.search_runs(
+        [experiment.experiment_id], view["searchFilter"], order_by=["metrics.score_mean DESC"]
+    )
+    assert found[0].info.run_name == f"trial-{tracked.study.best_trial.number}"
+
+
+def test_the_end_of_the_run_prints_where_the_trials_are(tracked):
+    experiment = tracked.kind("study")[0].info.experiment_id
+    (line,) = [line for line in tracked.printed.splitlines() if line.startswith("MLflow runs:")]
+    address = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?"
+    assert address + "workflowType=machine_learning&viewStateShareKey=hpo-trials" in line
+    assert line.endswith("(after `hpo ui tiny`)")

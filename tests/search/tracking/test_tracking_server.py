@@ -157,8 +157,11 @@ def test_hpo_ui_serves_the_local_store_on_loopback_and_prints_the_runs_address()
     experiment = mlflow.MlflowClient().create_experiment("shown", tags={"hpo.study": "shown"})
     port = free_port()
     ui = hpo_ui("shown", "--port", str(port))
+    # An experiment without hpo's view: the trials filtered and sorted, best first.
     address = (
         f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+        "&searchFilter=tags.%60hpo.kind%60%20%3D%20%27trial%27"
+        "&orderByKey=metrics.%60score_mean%60&orderByAsc=false"
     )
     try:
         printed = [ui.stdout.readline() for _ in range(2)]
