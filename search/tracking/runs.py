@@ -18,12 +18,14 @@ from search import keys
 from search.study.report import visible_trials
 from search.tracking import artifacts as content
 from search.tracking import figures
+from search.tracking.system import stop_monitor
 from search.tracking.writer import chunks, metrics, prepare_mlflow
 
 if TYPE_CHECKING:
     import optuna
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     from search.engine.run import StudyRun
     from trainer.config import TrainConfig
@@ -43,6 +45,7 @@ class TrialRuns:
     fold: int | None = None
     fold_run_id: str | None = None
     predictions: list[content.FoldPredictions] = field(default_factory=list)
+    monitor: SystemMetricsMonitor | None = None  # this machine's utilisation while it runs
 
     def log_config(self, searched: list[str], config: TrainConfig) -> None:
         """The resolved config as params (and config.yaml); which parameters were searched."""
@@ -122,8 +125,14 @@ class TrialRuns:
 
     def close(self, status: str) -> None:
         """Set the trial's run (and its open fold run) to ``status``."""
+        self.stop_monitor()  # its last samples go in before the run closes
         self.end_fold(status)
         self.client.set_terminated(self.run_id, status)
+
+    def stop_monitor(self) -> None:
+        """Stop logging system metrics to the trial's run."""
+        monitor, self.monitor = self.monitor, None
+        stop_monitor(monitor)
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,14 @@ from search.tracking.runs import (
     log_study_tables,
     study_tables,
 )
+from search.tracking.system import start_monitor, stop_monitor
 from search.tracking.view import address_line
 from search.tracking.writer import Guard, Writer, prepare_mlflow
 
 if TYPE_CHECKING:
     import optuna
     from mlflow import MlflowClient
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     from optuna.trial import FrozenTrial
 
     from search.engine.run import StudyRun
@@ -70,6 +72,7 @@ class MlflowTracker(Hooks):
         tags = {**content.version_tags(), **content.git_tags(project), **content.machine_tags()}
         self.tags = tags
         self.trial: TrialRuns | None = None
+        self.monitor: SystemMetricsMonitor | None = None  # the study run's system metrics
         with local_store_lock(self.uri):  # workers creating one SQLite store race its migrations
             self.client: MlflowClient = self.guard(mlflow.MlflowClient, self.uri)
             self.election = StudyRunElection(self.client, run, tags)
@@ -77,6 +80,17 @@ class MlflowTracker(Hooks):
         if self.active:
             self.election.store()
             on_stale_trial(close_stale_trial_run)  # this process may find dead workers' trials
+            if self._watches_study():
+                self.writer.submit(self._start_study_monitor)
+
+    def _watches_study(self) -> bool:
+        # One process per study run logs its system metrics, or their steps would interleave:
+        # a single `hpo run`, or worker 0 of `hpo run --workers N` (not their parent).
+        request = self.run.request
+        return request.worker == 0 and request.workers == 1
+
+    def _start_study_monitor(self) -> None:
+        self.monitor = start_monitor(self.study_run_id, self.uri, resume=True)
 
     @property
     def active(self) -> bool:
@@ -120,6 +134,7 @@ class MlflowTracker(Hooks):
         self.trial = runs
         self.election.mine.append(runs.run_id)
         runs.log_config(searched, config)
+        runs.monitor = start_monitor(runs.run_id, self.uri)
 
     def _current(self, number: int) -> TrialRuns | None:
         current = self.trial
@@ -150,6 +165,7 @@ class MlflowTracker(Hooks):
     def _trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
         current = self._current(trial.number)
         if self.trial is not None and self.trial.number == trial.number:
+            self.trial.stop_monitor()  # also when tracking stopped since the trial started
             self.trial = None
         if current is not None:
             self.guard(current.end, trial, self.run.table)
@@ -173,7 +189,11 @@ class MlflowTracker(Hooks):
             stored = [t for t in study.get_trials(deepcopy=False) if t.number == current.number]
             if stored:
                 self.guard(current.end, stored[0], self.run.table)
+        if current is not None:
+            current.stop_monitor()
         self._refresh(study, force=True)
+        self.monitor, monitor = None, self.monitor
+        stop_monitor(monitor)
         others = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if self.active and not others:  # the last worker to stop closes the study run
             status = {"done": "FINISHED", "timeout": "FINISHED", "interrupted": "KILLED"}

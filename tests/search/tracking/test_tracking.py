@@ -33,6 +33,7 @@ from search.hooks import Hooks
 from search.keys import STUDY_RUN_ATTR, TRIAL_RUN_ATTR
 from search.study import storage
 from search.study.storage import open_storage, redact_url
+from search.tracking import system
 from search.tracking.artifacts import outcome_tags, run_status
 from search.tracking.runs import close_stale_run, close_stale_trial_run
 from search.tracking.tracker import MlflowTracker, tracking_hook
@@ -141,7 +142,11 @@ def tracked(tmp_path_factory) -> Iterator[Tracked]:
         space = write_space(folder)
         request = RunRequest(space=str(space), trials=3, progress=False, export=False)
         console = quiet()
-        run(request, console=console, hooks=[counting_tracker(batches), lambda _: Saboteur()])
+        with pytest.MonkeyPatch.context() as patch:
+            # A sample a second (MLflow's default is 10 s): these trials take seconds.
+            patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+            hooks = [counting_tracker(batches), lambda _: Saboteur()]
+            run(request, console=console, hooks=hooks)
     finally:
         os.chdir(previous)
         if uri is not None:
@@ -503,3 +508,45 @@ def test_the_end_of_the_run_prints_where_the_trials_are(tracked):
     address = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?"
     assert address + "workflowType=machine_learning&viewStateShareKey=hpo-trials" in line
     assert line.endswith("(after `hpo ui tiny`)")
+
+
+def system_metrics(run_: Run) -> set[str]:
+    return {k for k in run_.data.metrics if k.startswith("system/")}
+
+
+def test_study_and_trial_runs_have_system_metrics(tracked):
+    (study_run,) = tracked.kind("study")
+    for run_ in (study_run, tracked.trial_run(0), tracked.trial_run(3)):
+        found = system_metrics(run_)
+        assert "system/cpu_utilization_percentage" in found, (run_.info.run_name, found)
+        assert "system/system_memory_usage_megabytes" in found
+    assert not any(system_metrics(f) for f in tracked.kind("fold"))
+
+
+def test_without_psutil_runs_close_and_have_no_system_metrics(monkeypatch, capfd):
+    find_spec = system.importlib.util.find_spec
+
+    def hidden(name: str, *args):
+        return None if name == "psutil" else find_spec(name, *args)
+
+    monkeypatch.setattr(system.importlib.util, "find_spec", hidden)  # MLflow's check sees it too
+    system._say_missing.cache_clear()
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    space = write_space(Path.cwd(), "bare")
+    request = RunRequest(
+        space=str(space), overrides=["epochs=1"], trials=1, progress=False, export=False
+    )
+    assert run(request, console=quiet(), hooks=[tracking_hook]) == "done"
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("bare").experiment_id
+    runs = client.search_runs([experiment])
+    assert len(runs) == 4  # study, trial, 2 folds
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert not any(system_metrics(r) for r in runs)
+    assert capfd.readouterr().err.count("system metrics are off: psutil is not installed") == 1
+
+
+def test_system_metrics_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    assert not system.available()
+    assert system.start_monitor("0" * 32, "sqlite:///unused.db") is None
