@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from search.hooks import Hooks
 from search.keys import PARENT_TAG, TRIAL_RUN_ATTR
-from search.study.storage import on_stale_trial
+from search.study.storage import on_stale_trial, stored_folds
 from search.tracking import artifacts as content
+from search.tracking.dataset import dataset_input, log_dataset
 from search.tracking.election import StudyRunElection, local_store_lock
 from search.tracking.runs import (
     TrialRuns,
@@ -28,8 +29,10 @@ from search.tracking.view import address_line
 from search.tracking.writer import Guard, Writer, prepare_mlflow
 
 if TYPE_CHECKING:
+    import numpy as np
     import optuna
     from mlflow import MlflowClient
+    from mlflow.entities import DatasetInput
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     from optuna.trial import FrozenTrial
 
@@ -73,6 +76,7 @@ class MlflowTracker(Hooks):
         self.tags = tags
         self.trial: TrialRuns | None = None
         self.monitor: SystemMetricsMonitor | None = None  # the study run's system metrics
+        self.dataset: DatasetInput | None = None  # the image table, once described
         with local_store_lock(self.uri):  # workers creating one SQLite store race its migrations
             self.client: MlflowClient = self.guard(mlflow.MlflowClient, self.uri)
             self.election = StudyRunElection(self.client, run, tags)
@@ -80,6 +84,7 @@ class MlflowTracker(Hooks):
         if self.active:
             self.election.store()
             on_stale_trial(close_stale_trial_run)  # this process may find dead workers' trials
+            self.writer.submit(self._log_study_dataset, stored_folds(run.study))
             if self._watches_study():
                 self.writer.submit(self._start_study_monitor)
 
@@ -88,6 +93,10 @@ class MlflowTracker(Hooks):
         # a single `hpo run`, or worker 0 of `hpo run --workers N` (not their parent).
         request = self.run.request
         return request.worker == 0 and request.workers == 1
+
+    def _log_study_dataset(self, fold_of: np.ndarray) -> None:
+        self.dataset = dataset_input(self.run.table, fold_of)
+        log_dataset(self.client, self.study_run_id, self.dataset)  # once: MLflow drops repeats
 
     def _start_study_monitor(self) -> None:
         self.monitor = start_monitor(self.study_run_id, self.uri, resume=True)
@@ -134,6 +143,7 @@ class MlflowTracker(Hooks):
         self.trial = runs
         self.election.mine.append(runs.run_id)
         runs.log_config(searched, config)
+        log_dataset(self.client, runs.run_id, self.dataset)
         runs.monitor = start_monitor(runs.run_id, self.uri)
 
     def _current(self, number: int) -> TrialRuns | None:

@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -35,10 +36,12 @@ from search.study import storage
 from search.study.storage import open_storage, redact_url
 from search.tracking import system
 from search.tracking.artifacts import outcome_tags, run_status
+from search.tracking.dataset import image_frame
 from search.tracking.runs import close_stale_run, close_stale_trial_run
 from search.tracking.tracker import MlflowTracker, tracking_hook
 from search.tracking.view import VIEW_TAG
 from search.tracking.writer import Guard, prepare_mlflow, stopped_message
+from trainer.sources import ImageTable
 
 SPACE = """\
 from search.space import choice, loguniform
@@ -550,3 +553,38 @@ def test_system_metrics_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     assert not system.available()
     assert system.start_monitor("0" * 32, "sqlite:///unused.db") is None
+
+
+def test_the_image_table_is_a_training_input_of_the_study_and_trial_runs(tracked):
+    (study_run,) = tracked.kind("study")
+    digests = set()
+    for run_ in (study_run, *tracked.kind("trial")):
+        (entry,) = tracked.client.get_run(run_.info.run_id).inputs.dataset_inputs
+        assert entry.dataset.name == "builtin:digits"
+        assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
+        columns = [c["name"] for c in json.loads(entry.dataset.schema)["mlflow_colspec"]]
+        assert columns == ["path", "label", "group", "fold", "holdout"]
+        assert json.loads(entry.dataset.profile)["num_rows"] == DIGITS
+        digests.add(entry.dataset.digest)
+    assert len(digests) == 1
+    assert not tracked.client.get_run(tracked.kind("fold")[0].info.run_id).inputs.dataset_inputs
+
+
+def test_the_image_frame_names_labels_groups_and_holdout():
+    table = ImageTable(
+        source="photos.csv",
+        root=Path("/data"),
+        paths=("a.png", "b.png", "c.png"),
+        labels=np.array([0, 1, 0]),
+        classes=("cat", "dog"),
+        groups=np.array(["g1", "g2", "g1"]),
+        content_id="abc",
+    )
+    frame = image_frame(table, np.array([1, -1, 0]))
+    assert frame.to_dict("records") == [
+        {"path": "a.png", "label": "cat", "group": "g1", "fold": 1, "holdout": False},
+        {"path": "b.png", "label": "dog", "group": "g2", "fold": -1, "holdout": True},
+        {"path": "c.png", "label": "cat", "group": "g1", "fold": 0, "holdout": False},
+    ]
+    ungrouped = image_frame(replace(table, groups=None), np.array([0, 0, 1]))
+    assert list(ungrouped["group"]) == ["", "", ""]
