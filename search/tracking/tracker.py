@@ -20,6 +20,7 @@ from search.tracking.dataset import dataset_input, log_dataset
 from search.tracking.election import StudyRunElection, local_store_lock
 from search.tracking.runs import (
     TrialRuns,
+    best_so_far,
     close_stale_trial_run,
     log_study_tables,
     study_tables,
@@ -54,13 +55,19 @@ class MlflowTracker(Hooks):
     Args:
         run: The running study (space, data, Optuna study).
         refresh_seconds: Least time between two refreshes of the study run's trials table and
-            plots, and before the first (they are refreshed again when this process stops).
+            counts, and before the first (they are refreshed again when this process stops).
+        plot_seconds: The same for the study run's plots, which cost more to draw.
         tracking_uri: Where to write; by default MLflow's own choice (``MLFLOW_TRACKING_URI``,
             else ``sqlite:///mlflow.db`` in the working directory).
     """
 
     def __init__(
-        self, run: StudyRun, *, refresh_seconds: float = 30.0, tracking_uri: str | None = None
+        self,
+        run: StudyRun,
+        *,
+        refresh_seconds: float = 30.0,
+        plot_seconds: float = 300.0,
+        tracking_uri: str | None = None,
     ) -> None:
         prepare_mlflow()
         import mlflow
@@ -69,8 +76,9 @@ class MlflowTracker(Hooks):
         self.guard = Guard(self.uri)
         self.writer = Writer(self.guard)
         self.run = run
-        # The first refresh too waits refresh_seconds: a short study pays for its plots once.
-        self.refresh_seconds, self.refreshed = refresh_seconds, time.monotonic()
+        # The first refresh too waits: a short study pays for its plots once, at its end.
+        self.refresh_seconds, self.plot_seconds = refresh_seconds, plot_seconds
+        self.refreshed = self.plotted = time.monotonic()
         project = run.space.path.resolve().parent
         tags = {**content.version_tags(), **content.git_tags(project), **content.machine_tags()}
         self.tags = tags
@@ -178,7 +186,7 @@ class MlflowTracker(Hooks):
             self.trial.stop_monitor()  # also when tracking stopped since the trial started
             self.trial = None
         if current is not None:
-            self.guard(current.end, trial, self.run.table)
+            self.guard(current.end, trial, self.run.table, best=best_so_far(study, trial))
         self._refresh(study, force=False)
 
     def _refresh(self, study: optuna.Study, *, force: bool) -> None:
@@ -186,7 +194,9 @@ class MlflowTracker(Hooks):
         if not self.active or (not force and now - self.refreshed < self.refresh_seconds):
             return
         self.refreshed = now
-        tables = study_tables(study, self.run)
+        plots = force or now - self.plotted >= self.plot_seconds
+        self.plotted = now if plots else self.plotted
+        tables = study_tables(study, self.run, plots=plots)
         self.guard(log_study_tables, self.client, self.study_run_id, tables)
 
     def study_ended(self, study: optuna.Study, outcome: str) -> None:

@@ -37,10 +37,11 @@ from search.study.storage import open_storage, redact_url
 from search.tracking import system
 from search.tracking.artifacts import outcome_tags, run_status
 from search.tracking.dataset import image_frame
-from search.tracking.runs import close_stale_run, close_stale_trial_run
+from search.tracking.runs import TrialRuns, close_stale_run, close_stale_trial_run
 from search.tracking.tracker import MlflowTracker, tracking_hook
 from search.tracking.view import VIEW_TAG
 from search.tracking.writer import Guard, prepare_mlflow, stopped_message
+from trainer.loop import EpochMetrics, FoldResult
 from trainer.sources import ImageTable
 
 SPACE = """\
@@ -218,7 +219,7 @@ def test_each_fold_has_one_value_per_epoch_of_each_metric(tracked):
     assert len(tracked.client.get_metric_history(pruned_fold.info.run_id, "val_loss")) == 1
 
 
-def test_epoch_metrics_are_written_in_one_batch_per_epoch(tracked):
+def test_epoch_metrics_are_written_whole_and_in_batches(tracked):
     fold_ids = {r.info.run_id for r in tracked.kind("fold")}
     epoch_calls = [
         (run_id, batch)
@@ -227,11 +228,49 @@ def test_epoch_metrics_are_written_in_one_batch_per_epoch(tracked):
     ]
     logged = sum(len(tracked.client.get_metric_history(f, "train_loss")) for f in fold_ids)
     # 2 folds x 2 epochs, except trial 1 (failed in epoch 2 of fold 0) and 2 (pruned in fold 1)
-    assert len(epoch_calls) == logged == 4 + 2 + 3 + 4
-    for _, batch in epoch_calls:
-        keys = {m.key for m in batch["metrics"]}
-        assert set(EPOCH_METRICS) <= keys
-        assert len({m.step for m in batch["metrics"]}) == 1
+    assert logged == 4 + 2 + 3 + 4
+    assert len(fold_ids) <= len(epoch_calls) <= logged  # at most one write per epoch
+    written = [(run_id, m.step) for run_id, batch in epoch_calls for m in batch["metrics"]]
+    for run_id, batch in epoch_calls:
+        for step in {m.step for m in batch["metrics"] if m.key == "train_loss"}:
+            keys = {m.key for m in batch["metrics"] if m.step == step}
+            assert set(EPOCH_METRICS) <= keys  # an epoch is written whole, in one call
+            assert written.count((run_id, step)) == len(keys)  # and only once
+
+
+def epoch(fold: int, number: int) -> EpochMetrics:
+    return EpochMetrics(fold, number, 0.5, 0.6, 0.7, 0.65, 1e-3, 0.65, 0.1)
+
+
+def test_short_epochs_of_a_fold_go_out_in_one_write_with_its_summary():
+    prepare_mlflow()
+    calls: list[str] = []
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("batched")
+    trial_run = client.create_run(experiment).info.run_id
+    original = client.log_batch
+
+    def log_batch(run_id, metrics=(), params=(), tags=(), **kwargs):
+        calls.append(run_id)
+        return original(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    client.log_batch = log_batch
+    runs = TrialRuns(client, experiment, "batched", 0, trial_run, flush_seconds=3600)
+    for number in range(3):
+        runs.epoch_ended(epoch(0, number))
+    assert calls == []  # kept until the fold ends
+    probs = np.full((2, 2), 0.5)
+    result = FoldResult(0, 0.65, 2, (), np.array([0, 1]), probs, {}, 1.0, None)
+    runs.fold_ended(result)
+    (fold_run,) = client.search_runs([experiment], "tags.`hpo.fold` = '0'")
+    assert calls == [fold_run.info.run_id, trial_run]  # the fold's epochs and summary, its score
+    history = client.get_metric_history(fold_run.info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    assert fold_run.info.status == "FINISHED"
+    runs.flush_seconds = 0  # long epochs: each is written when it ends
+    runs.epoch_ended(epoch(1, 0))
+    runs.epoch_ended(epoch(1, 1))
+    assert len(calls) == 4
 
 
 def test_trial_mean_and_spread_over_folds(tracked):
@@ -281,6 +320,11 @@ def test_trial_artifacts(tracked):
     assert {"config.yaml", "confusion_matrix.png", "oof_predictions.csv"} <= tracked.artifacts(
         complete
     )
+    # The confusion matrix only for trials that were the best so far when they ended.
+    first, last = tracked.study.trials[0].value, tracked.study.trials[3].value
+    last_was_best = "confusion_matrix.png" in tracked.artifacts(tracked.trial_run(3))
+    assert last_was_best == (last >= first), (first, last)
+    assert "confusion_matrix.png" not in tracked.artifacts(tracked.trial_run(2))  # pruned
     rows = list(csv.DictReader(io.StringIO(tracked.text(complete, "oof_predictions.csv"))))
     assert len(rows) == DIGITS  # two folds cover every sample once
     assert {r["fold"] for r in rows} == {"0", "1"}

@@ -85,7 +85,7 @@ def test_mlflow_tracking_uri_points_the_study_at_a_tracking_server(tmp_path, mon
         kinds = sorted(r.data.tags["hpo.kind"] for r in runs)
         assert kinds == ["fold"] * 4 + ["study"] + ["trial"] * 2
         (study_run,) = [r for r in runs if r.data.tags["hpo.kind"] == "study"]
-        trial_run = next(r for r in runs if r.data.tags["hpo.kind"] == "trial")
+        trial_run = next(r for r in runs if r.info.run_name == "trial-0")  # best so far
         artifacts = {a.path for a in client.list_artifacts(trial_run.info.run_id)}
         assert {"config.yaml", "confusion_matrix.png", "oof_predictions.csv"} <= artifacts
         assert "trials.csv" in {a.path for a in client.list_artifacts(study_run.info.run_id)}
