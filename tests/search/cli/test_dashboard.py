@@ -64,8 +64,12 @@ def test_hpo_dashboard_serves_the_study_and_stops_on_sigterm():
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # SIGTERM, so that hpo stops the dashboard's process group
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
     with socket.socket() as probe:  # nothing answers on the port any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0
 
