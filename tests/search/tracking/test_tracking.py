@@ -42,8 +42,8 @@ from search.tracking.runs import TrialRuns, close_stale_run, close_stale_trial_r
 from search.tracking.tracker import MlflowTracker, tracking_hook
 from search.tracking.view import VIEW_TAG
 from search.tracking.writer import Guard, prepare_mlflow, stopped_message
-from trainer.loop import EpochMetrics, FoldResult
 from trainer.sources import ImageTable
+from trainer.types import EpochMetrics, FoldResult
 
 SPACE = """\
 from search.space import choice, loguniform
