@@ -25,8 +25,8 @@ from PIL import Image
 
 from search.cli.main import main
 from search.context import RunRequest
-from search.engine import objective as objective_module
 from search.engine.run import prepare, run
+from search.study import data as data_module
 from trainer.errors import DataError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -332,7 +332,7 @@ def test_data_error_in_a_running_trial_keeps_the_study_sound(capsys, monkeypatch
 
     before = snapshot()
     with monkeypatch.context() as patch:
-        patch.setattr(objective_module, "cached_images", cache_meets_a_corrupt_image)
+        patch.setattr(data_module, "cached_images", cache_meets_a_corrupt_image)
         assert main(["run", "tiny.py", "--trials", "2"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err

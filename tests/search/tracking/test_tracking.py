@@ -450,7 +450,9 @@ def test_a_trial_whose_worker_died_has_its_runs_closed_by_the_next_worker(monkey
     trial.suggest_float("lr", 1e-3, 1e-2, log=True)
     trial.set_user_attr(TRIAL_RUN_ATTR, trial_run)
     beating.record_heartbeat(trial._trial_id)
-    time.sleep(3.5)  # past the grace period (3 s for a 1 s heartbeat)
+    # Past the grace period (3 s for a 1 s heartbeat). SQLite's CURRENT_TIMESTAMP, which Optuna
+    # stamps heartbeats with, has whole seconds: 3.5 s apart reads as 3 s (not stale) half the time.
+    time.sleep(4.5)
     optuna.storages.fail_stale_trials(study)
     assert study.trials[trial.number].state == TrialState.FAIL
     assert close_stale_trial_run in storage._STALE_LISTENERS  # the tracker registered it
