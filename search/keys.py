@@ -101,3 +101,6 @@ MODEL_SCORE_TAG = "hpo.score"
 MODEL_SCORE_KIND_TAG = "hpo.score_kind"
 MODEL_METRIC_TAG = "hpo.metric"
 CHAMPION_ALIAS = "champion"
+
+# The MLflow UI's view of a study's trials: experiment tag mlflow.sharedViewState.<this>
+TRIALS_VIEW = "hpo-trials"

@@ -1,38 +1,42 @@
-"""The MLflow UI in a real browser shows a study's trials and their metrics.
+"""The address hpo prints opens, in a real browser, the study's trials best first with their score.
 
 A small study (complete, failed, pruned and complete trials) is tracked into a local store, the
 MLflow UI is started on loopback for that store, and headless Chromium (Debian's chromium and
-chromium-driver, see .ci/install-browser.sh) opens the address `hpo ui` prints. The nested runs
-are expanded and a metric and the trial-state tag are added as columns, as a user would; the
-screenshot is saved to test-artifacts/mlflow-runs.png.
+chromium-driver, see .ci/install-browser.sh) opens the address `hpo ui` prints. Without a click,
+the best trial must be the first row, with its score and searched parameters on screen (not
+under the assistant panel MLflow opens on a first visit). The screenshot is saved to
+test-artifacts/mlflow-runs.png.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
 
 from search.context import RunRequest
 from search.engine.run import run
 from search.tracking.tracker import tracking_hook
-from search.tracking.ui import free_port, runs_address, start_server, stop_server
+from search.tracking.ui import free_port, start_server, stop_server
+from search.tracking.view import VIEW_TAG, runs_address
 from tests.search.tracking.test_tracking import Saboteur, quiet, write_space
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "test-artifacts" / "mlflow-runs.png"
-TRIALS = [f"trial-{n}" for n in range(4)]
 WAIT = 120  # seconds; the UI's first load is slow on a busy two-core machine
 ARGS = (
     "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage "
     "--disable-background-networking --disable-component-update --disable-sync --no-first-run "
     "--window-size=1600,900"
 )
+SCORE, LR = "metrics.`score_mean`", "params.`lr`"
 
 
 def require_browser() -> None:
@@ -63,118 +67,67 @@ def driver(tmp_path) -> Iterator:
         browser.quit()
 
 
+@dataclass
+class Shown:
+    """The address of a tracked study's trials in a running UI, and its best trial."""
+
+    address: str
+    best: optuna.trial.FrozenTrial
+
+
 @pytest.fixture
-def ui(tmp_path) -> Iterator[str]:
-    """A tracked study in ./mlflow.db and the address of its runs table in a running UI."""
+def ui(tmp_path) -> Iterator[Shown]:
     require_browser()
     space = write_space(Path.cwd(), "digits-search")
     request = RunRequest(space=str(space), trials=3, progress=False, export=False)
     run(request, console=quiet(), hooks=[tracking_hook, lambda _: Saboteur()])
     store = mlflow.get_tracking_uri()
     experiment = mlflow.MlflowClient(store).get_experiment_by_name("digits-search")
+    assert VIEW_TAG in experiment.tags
+    storage = f"sqlite:///{Path.cwd() / 'studies' / 'digits-search' / 'study.db'}"
+    best = optuna.load_study(study_name="digits-search", storage=storage).best_trial
     port = free_port()
     server = start_server(store, port=port, log=tmp_path / "mlflow-ui.log")
     try:
-        yield runs_address(f"http://127.0.0.1:{port}", experiment.experiment_id)
+        yield Shown(runs_address(f"http://127.0.0.1:{port}", experiment.experiment_id), best)
     finally:
         stop_server(server)
 
 
-def test_the_runs_table_shows_trials_and_a_metric_column(ui, driver):
-    from selenium.webdriver.common.by import By
+def test_the_printed_address_shows_the_best_trial_first_with_its_score(ui, driver):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver.get(ui)
+    driver.get(ui.address)
     SCREENSHOT.parent.mkdir(exist_ok=True)
+    best = f"trial-{ui.best.number}"
     try:
-        _show_trials(driver, WebDriverWait(driver, WAIT))
+        WebDriverWait(driver, WAIT).until(lambda d: _on_screen(d, 0, "attributes.`Run Name`"))
+        name, score, lr = (_on_screen(driver, 0, column) for column in ("Run Name", SCORE, LR))
     except Exception:
         driver.save_screenshot(str(SCREENSHOT.with_name("mlflow-runs-failed.png")))
         raise
-    headers = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "[role=columnheader]")]
-    assert any("score_mean" in h for h in headers), headers
-    page = driver.find_element(By.TAG_NAME, "body").text
-    for state in ("COMPLETE", "PRUNED", "FAIL"):
-        assert state in page
     assert driver.save_screenshot(str(SCREENSHOT))
+    assert name is not None and name.endswith(best), name  # the colour swatch comes first
+    assert score is not None and float(score) == pytest.approx(ui.best.value, abs=1e-3)
+    assert lr is not None and float(lr) == pytest.approx(ui.best.params["lr"], rel=1e-3)
+    assert _on_screen(driver, 3, "attributes.`Run Name`")  # every trial is listed
 
 
-def _show_trials(driver, wait) -> None:
-    """Expand the study run and add a metric and the state tag as columns, as a user would."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
+def _on_screen(driver, row: int, column: str) -> str | None:
+    """The text of a table cell if it is visible in the window (not scrolled off or covered).
 
-    wait.until(lambda d: _link(d, "digits-search"))
-    for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
-        close.click()  # the assistant panel would hide half of the table
-    for column in ("score_mean", "optuna.state"):
-        _add_column(driver, wait, column)
-    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-    # Trials are nested under the study run, which is shown collapsed: its name cell has the
-    # expand button.
-    cell = "//a[normalize-space()='digits-search']/ancestor::div[contains(@class, 'ag-cell ')]"
-    _click_when_shown(wait, f"{cell}//button[contains(@data-component-id, 'runnamecell')]")
-    wait.until(lambda d: all(_link(d, name) for name in TRIALS))
-
-
-def _link(driver, text: str):
-    from selenium.webdriver.common.by import By
-
-    found = driver.find_elements(By.XPATH, f"//a[normalize-space()='{text}']")
-    return next((f for f in found if f.is_displayed()), None)
-
-
-def _add_column(driver, wait, name: str) -> None:
-    """Tick ``name`` in the Columns menu (MLflow 3 shows no metric or tag column by default)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-
-    menu = driver.find_elements(By.CSS_SELECTOR, "input[placeholder='Search columns']")
-    if not menu or not menu[0].is_displayed():
-        columns = "//button[starts-with(normalize-space(), 'Columns')]"
-        wait.until(lambda d: d.find_element(By.XPATH, columns)).click()
-    search = wait.until(
-        lambda d: d.find_element(By.CSS_SELECTOR, "input[placeholder='Search columns']")
-    )
-    search.send_keys(Keys.CONTROL, "a")  # clear() does not reach React's state
-    search.send_keys(Keys.BACKSPACE)
-    search.send_keys(name)
-    # The match is listed inside its group (Metrics, Tags), which may be collapsed: open
-    # whatever group is closed until the match's checkbox shows, then tick it.
-    node = f"//div[contains(@class, 'tree-treenode')][normalize-space()='{name}']"
-    box = f"{node}//span[contains(concat(' ', @class, ' '), ' du-bois-light-tree-checkbox ')]"
-    wait.until(lambda d: _tick_opening_groups(d, box))
-
-
-def _tick_opening_groups(driver, xpath: str) -> bool:
-    """Click the displayed match of ``xpath``; if none shows yet, open every closed group."""
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.common.by import By
-
-    try:
-        shown = [e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed()]
-        if shown:
-            shown[0].click()
-            return True
-        for switch in driver.find_elements(By.CSS_SELECTOR, "[class*='tree-switcher_close']"):
-            switch.click()
-    except WebDriverException:  # stale or covered while React re-renders: try again
-        pass
-    return False
-
-
-def _click_when_shown(wait, xpath: str) -> None:
-    """Click the first displayed match, retrying while React re-renders it."""
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.common.by import By
-
-    def click(driver) -> bool:
-        try:
-            shown = [e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed()]
-            if shown:
-                shown[0].click()
-            return bool(shown)
-        except WebDriverException:  # stale or covered for a moment: try again
-            return False
-
-    wait.until(click)
+    ``column`` is the grid's column id (``metrics.`score_mean```) or ``Run Name``.
+    """
+    column = "attributes.`Run Name`" if column == "Run Name" else column
+    script = """
+        const [row, column] = arguments;
+        const cells = document.querySelectorAll(`[role=row][row-index="${row}"] [col-id]`);
+        const cell = Array.from(cells).find(c => c.getAttribute('col-id') === column);
+        if (!cell) return null;
+        const box = cell.getBoundingClientRect();
+        const [x, y] = [box.left + box.width / 2, box.top + box.height / 2];
+        if (x < 0 || y < 0 || x > window.innerWidth || y > window.innerHeight) return null;
+        const top = document.elementFromPoint(x, y);
+        return top && cell.contains(top) ? cell.innerText.trim() : null;
+    """
+    return driver.execute_script(script, row, column)

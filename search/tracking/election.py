@@ -19,6 +19,7 @@ from filelock import FileLock
 
 from search import keys
 from search.tracking import artifacts as content
+from search.tracking.view import VIEW_TAG, trials_view
 
 if TYPE_CHECKING:
     import optuna
@@ -88,10 +89,11 @@ class StudyRunElection:
     def _experiment(self) -> str:
         from mlflow.exceptions import MlflowException
 
+        view = trials_view(self.run.space.searched, maximize=self._maximize())
         found = self.client.get_experiment_by_name(self.name)
         if found is None:
             try:
-                tags = {keys.STUDY_TAG: self.name}
+                tags = {keys.STUDY_TAG: self.name, VIEW_TAG: view}
                 return self.client.create_experiment(self.name, tags=tags)
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -100,7 +102,12 @@ class StudyRunElection:
         if found.lifecycle_stage == "deleted":
             # Deleted in the UI: its name stays taken, so the study's runs can only go back in.
             self.client.restore_experiment(found.experiment_id)
+        if found.tags.get(VIEW_TAG) != view:  # an experiment from an hpo without the view
+            self.client.set_experiment_tag(found.experiment_id, VIEW_TAG, view)
         return found.experiment_id
+
+    def _maximize(self) -> bool:
+        return self.run.study.direction.name == "MAXIMIZE"
 
     def _stored(self) -> str | None:
         run_id = self.run.study.user_attrs.get(keys.STUDY_RUN_ATTR)

@@ -7,6 +7,7 @@ on other machines nest correctly. A trial's runs are written on the tracker's wr
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,17 +19,22 @@ from search import keys
 from search.study.report import visible_trials
 from search.tracking import artifacts as content
 from search.tracking import figures
+from search.tracking.system import stop_monitor
 from search.tracking.writer import chunks, metrics, prepare_mlflow
 
 if TYPE_CHECKING:
     import optuna
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     from search.context import StudyRun
     from trainer.config import TrainConfig
     from trainer.sources import ImageTable
     from trainer.types import EpochMetrics, FoldResult
+
+_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 
 
 @dataclass
@@ -43,6 +49,12 @@ class TrialRuns:
     fold: int | None = None
     fold_run_id: str | None = None
     predictions: list[content.FoldPredictions] = field(default_factory=list)
+    monitor: SystemMetricsMonitor | None = None  # this machine's utilisation while it runs
+    # Epoch metrics wait here until `flush_seconds` passed since the last write, or the fold
+    # ends: one write per fold when epochs are short, one per epoch when they are long.
+    flush_seconds: float = 10.0
+    pending: list[Metric] = field(default_factory=list)
+    flushed: float = field(default_factory=time.monotonic)
 
     def log_config(self, searched: list[str], config: TrainConfig) -> None:
         """The resolved config as params (and config.yaml); which parameters were searched."""
@@ -55,13 +67,24 @@ class TrialRuns:
         self.client.log_text(self.run_id, content.config_yaml(config), keys.CONFIG_ARTIFACT)
 
     def epoch_ended(self, row: EpochMetrics) -> None:
-        """One epoch's metrics in one batch, opening the fold's run at its first epoch."""
+        """Keep one epoch's metrics for the fold's run (opened at its first epoch)."""
         if self.fold != row.fold:
             self.end_fold("FINISHED")
             self._start_fold(row.fold)
-        if self.fold_run_id is not None:
-            values = metrics(content.epoch_values(row), step=row.epoch)
-            self.client.log_batch(self.fold_run_id, values)
+        if self.fold_run_id is None:
+            return
+        self.pending += metrics(content.epoch_values(row), step=row.epoch)
+        if time.monotonic() - self.flushed >= self.flush_seconds:
+            self._flush()
+
+    def _flush(self, extra: Sequence[Metric] = (), tags: Sequence[RunTag] = ()) -> None:
+        """Write the kept epoch metrics (and ``extra``, ``tags``) to the fold's run."""
+        values, self.pending, self.flushed = [*self.pending, *extra], [], time.monotonic()
+        if self.fold_run_id is None or not (values or tags):
+            return
+        for chunk in chunks(values, size=_METRICS_PER_BATCH):
+            self.client.log_batch(self.fold_run_id, metrics=chunk, tags=tags)
+            tags = ()
 
     def _start_fold(self, fold: int) -> None:
         tags = {
@@ -82,48 +105,63 @@ class TrialRuns:
 
         reason = result.stop_reason
         tags = [RunTag(keys.STOP_REASON_TAG, content.short_tag(reason))] if reason else []
-        self.client.log_batch(
-            self.fold_run_id, metrics=metrics(content.fold_values(result)), tags=tags
-        )
+        self._flush(metrics(content.fold_values(result)), tags)
         score = metrics({keys.FOLD_SCORE_METRIC: result.score}, step=result.fold)
         self.client.log_batch(self.run_id, metrics=score)
         self.end_fold("KILLED" if reason == "pruned" else "FINISHED")
 
     def end_fold(self, status: str) -> None:
-        """Close the open fold run, if any."""
+        """Write what the open fold run still has to, and close it (if there is one)."""
+        self._flush()
         run_id, self.fold_run_id = self.fold_run_id, None
         if run_id is not None:
             self.client.set_terminated(run_id, status)
 
-    def end(self, trial: FrozenTrial, table: ImageTable) -> None:
-        """Log the trial's outcome, predictions and traceback, and close its runs."""
+    def end(self, trial: FrozenTrial, table: ImageTable, *, best: bool = False) -> None:
+        """Log the trial's outcome, predictions and traceback, and close its runs.
+
+        Args:
+            trial: The trial as stored.
+            table: The study's images (paths, labels, classes of the predictions).
+            best: Whether it is the study's best trial so far: only then is its out-of-fold
+                confusion matrix drawn (the figure costs more than the rest of the trial's
+                tracking together, and informs only for the trials worth looking at).
+        """
         from mlflow.entities import RunTag
 
         tags = [RunTag(k, v) for k, v in content.outcome_tags(trial).items()]
         values = metrics(content.trial_values(trial))
         self.client.log_batch(self.run_id, metrics=values, tags=tags)
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and self.predictions:
-            self._log_predictions(trial, table)
+            self._log_predictions(trial, table, figure=best)
         traceback = trial.user_attrs.get(keys.TRACEBACK_ATTR)
         if traceback:
             self.client.log_text(self.run_id, traceback, keys.TRACEBACK_ARTIFACT)
         self.close(content.run_status(trial))
 
-    def _log_predictions(self, trial: FrozenTrial, table: ImageTable) -> None:
+    def _log_predictions(self, trial: FrozenTrial, table: ImageTable, *, figure: bool) -> None:
         parts = sorted(self.predictions, key=lambda p: p.fold)
         text = content.oof_csv(parts, table.labels, table.classes, table.paths)
         self.client.log_text(self.run_id, text, keys.OOF_ARTIFACT)
+        if not figure:
+            return
         title = f"Trial {trial.number}: out-of-fold confusion ({len(parts)} folds)"
-        figure = figures.safe_figure(
+        drawn = figures.safe_figure(
             figures.confusion_figure, parts, table.labels, table.classes, title
         )
-        if figure is not None:
-            self.client.log_figure(self.run_id, figure, keys.CONFUSION_ARTIFACT)
+        if drawn is not None:
+            self.client.log_figure(self.run_id, drawn, keys.CONFUSION_ARTIFACT)
 
     def close(self, status: str) -> None:
         """Set the trial's run (and its open fold run) to ``status``."""
+        self.stop_monitor()  # its last samples go in before the run closes
         self.end_fold(status)
         self.client.set_terminated(self.run_id, status)
+
+    def stop_monitor(self) -> None:
+        """Stop logging system metrics to the trial's run."""
+        monitor, self.monitor = self.monitor, None
+        stop_monitor(monitor)
 
 
 @dataclass(frozen=True)
@@ -135,18 +173,28 @@ class StudyTables:
     values: dict[str, float | None]
 
 
-def study_tables(study: optuna.Study, run: StudyRun) -> StudyTables:
-    """Draw the study run's plots and count its trials (no MLflow call)."""
+def study_tables(study: optuna.Study, run: StudyRun, *, plots: bool = True) -> StudyTables:
+    """Count the study's trials and, if asked, draw the study run's plots (no MLflow call)."""
     trials = visible_trials(study)
-    maximize = study.direction.name == "MAXIMIZE"
-    metric = run.space.config({}).metric
-    drawn = {
-        keys.HISTORY_ARTIFACT: figures.safe_figure(
+    drawn: dict[str, Figure | None] = {}
+    if plots:
+        maximize = study.direction.name == "MAXIMIZE"
+        metric = run.space.config({}).metric
+        drawn[keys.HISTORY_ARTIFACT] = figures.safe_figure(
             figures.history_figure, trials, metric=metric, maximize=maximize
-        ),
-        keys.IMPORTANCE_ARTIFACT: figures.safe_figure(figures.importance_figure, study),
-    }
+        )
+        drawn[keys.IMPORTANCE_ARTIFACT] = figures.safe_figure(figures.importance_figure, study)
     return StudyTables(trials, drawn, content.study_values(study, trials))
+
+
+def best_so_far(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Whether ``trial`` is complete and as good as the study's best trial."""
+    if trial.state != TrialState.COMPLETE:
+        return False
+    try:
+        return trial.value == study.best_value
+    except ValueError:  # no complete trial in the storage (yet)
+        return False
 
 
 def log_study_tables(client: MlflowClient, run_id: str, tables: StudyTables) -> None:

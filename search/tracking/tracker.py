@@ -14,20 +14,27 @@ from typing import TYPE_CHECKING
 
 from search.hooks import Hooks
 from search.keys import PARENT_TAG, TRIAL_RUN_ATTR
-from search.study.storage import on_stale_trial
+from search.study.storage import on_stale_trial, stored_folds
 from search.tracking import artifacts as content
+from search.tracking.dataset import dataset_input, log_dataset
 from search.tracking.election import StudyRunElection, local_store_lock
 from search.tracking.runs import (
     TrialRuns,
+    best_so_far,
     close_stale_trial_run,
     log_study_tables,
     study_tables,
 )
+from search.tracking.system import start_monitor, stop_monitor
+from search.tracking.view import address_line
 from search.tracking.writer import Guard, Writer, prepare_mlflow
 
 if TYPE_CHECKING:
+    import numpy as np
     import optuna
     from mlflow import MlflowClient
+    from mlflow.entities import DatasetInput
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     from optuna.trial import FrozenTrial
 
     from search.context import StudyRun
@@ -48,13 +55,19 @@ class MlflowTracker(Hooks):
     Args:
         run: The running study (space, data, Optuna study).
         refresh_seconds: Least time between two refreshes of the study run's trials table and
-            plots, and before the first (they are refreshed again when this process stops).
+            counts, and before the first (they are refreshed again when this process stops).
+        plot_seconds: The same for the study run's plots, which cost more to draw.
         tracking_uri: Where to write; by default MLflow's own choice (``MLFLOW_TRACKING_URI``,
             else ``sqlite:///mlflow.db`` in the working directory).
     """
 
     def __init__(
-        self, run: StudyRun, *, refresh_seconds: float = 30.0, tracking_uri: str | None = None
+        self,
+        run: StudyRun,
+        *,
+        refresh_seconds: float = 30.0,
+        plot_seconds: float = 300.0,
+        tracking_uri: str | None = None,
     ) -> None:
         prepare_mlflow()
         import mlflow
@@ -63,12 +76,15 @@ class MlflowTracker(Hooks):
         self.guard = Guard(self.uri)
         self.writer = Writer(self.guard)
         self.run = run
-        # The first refresh too waits refresh_seconds: a short study pays for its plots once.
-        self.refresh_seconds, self.refreshed = refresh_seconds, time.monotonic()
+        # The first refresh too waits: a short study pays for its plots once, at its end.
+        self.refresh_seconds, self.plot_seconds = refresh_seconds, plot_seconds
+        self.refreshed = self.plotted = time.monotonic()
         project = run.space.path.resolve().parent
         tags = {**content.version_tags(), **content.git_tags(project), **content.machine_tags()}
         self.tags = tags
         self.trial: TrialRuns | None = None
+        self.monitor: SystemMetricsMonitor | None = None  # the study run's system metrics
+        self.dataset: DatasetInput | None = None  # the image table, once described
         with local_store_lock(self.uri):  # workers creating one SQLite store race its migrations
             self.client: MlflowClient = self.guard(mlflow.MlflowClient, self.uri)
             self.election = StudyRunElection(self.client, run, tags)
@@ -76,6 +92,22 @@ class MlflowTracker(Hooks):
         if self.active:
             self.election.store()
             on_stale_trial(close_stale_trial_run)  # this process may find dead workers' trials
+            self.writer.submit(self._log_study_dataset, stored_folds(run.study))
+            if self._watches_study():
+                self.writer.submit(self._start_study_monitor)
+
+    def _watches_study(self) -> bool:
+        # One process per study run logs its system metrics, or their steps would interleave:
+        # a single `hpo run`, or worker 0 of `hpo run --workers N` (not their parent).
+        request = self.run.request
+        return request.worker == 0 and request.workers == 1
+
+    def _log_study_dataset(self, fold_of: np.ndarray) -> None:
+        self.dataset = dataset_input(self.run.table, fold_of)
+        log_dataset(self.client, self.study_run_id, self.dataset)  # once: MLflow drops repeats
+
+    def _start_study_monitor(self) -> None:
+        self.monitor = start_monitor(self.study_run_id, self.uri, resume=True)
 
     @property
     def active(self) -> bool:
@@ -119,6 +151,8 @@ class MlflowTracker(Hooks):
         self.trial = runs
         self.election.mine.append(runs.run_id)
         runs.log_config(searched, config)
+        log_dataset(self.client, runs.run_id, self.dataset)
+        runs.monitor = start_monitor(runs.run_id, self.uri)
 
     def _current(self, number: int) -> TrialRuns | None:
         current = self.trial
@@ -149,9 +183,10 @@ class MlflowTracker(Hooks):
     def _trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
         current = self._current(trial.number)
         if self.trial is not None and self.trial.number == trial.number:
+            self.trial.stop_monitor()  # also when tracking stopped since the trial started
             self.trial = None
         if current is not None:
-            self.guard(current.end, trial, self.run.table)
+            self.guard(current.end, trial, self.run.table, best=best_so_far(study, trial))
         self._refresh(study, force=False)
 
     def _refresh(self, study: optuna.Study, *, force: bool) -> None:
@@ -159,7 +194,9 @@ class MlflowTracker(Hooks):
         if not self.active or (not force and now - self.refreshed < self.refresh_seconds):
             return
         self.refreshed = now
-        tables = study_tables(study, self.run)
+        plots = force or now - self.plotted >= self.plot_seconds
+        self.plotted = now if plots else self.plotted
+        tables = study_tables(study, self.run, plots=plots)
         self.guard(log_study_tables, self.client, self.study_run_id, tables)
 
     def study_ended(self, study: optuna.Study, outcome: str) -> None:
@@ -172,9 +209,16 @@ class MlflowTracker(Hooks):
             stored = [t for t in study.get_trials(deepcopy=False) if t.number == current.number]
             if stored:
                 self.guard(current.end, stored[0], self.run.table)
+        if current is not None:
+            current.stop_monitor()
         self._refresh(study, force=True)
+        self.monitor, monitor = None, self.monitor
+        stop_monitor(monitor)
         others = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if self.active and not others:  # the last worker to stop closes the study run
             status = {"done": "FINISHED", "timeout": "FINISHED", "patience": "FINISHED"}
             status["interrupted"] = "KILLED"
             self.guard(self.client.set_terminated, self.study_run_id, status.get(outcome, "FAILED"))
+        if self.active:
+            line = address_line(self.uri, self.run.place.name, self.experiment_id)
+            self.run.console.print(line, soft_wrap=True, markup=False, highlight=False)

@@ -4,7 +4,8 @@ The store is the one `hpo run` uses: ``MLFLOW_TRACKING_URI`` if set, else MLflow
 (``sqlite:///mlflow.db`` in the working directory). A local store gets its own ``mlflow server``
 bound to loopback unless ``--host`` says otherwise; a tracking server is already running, so
 only its address is printed. The address printed is the study's runs table with the "Model
-training" view, because MLflow's plain experiment page opens in its GenAI view.
+training" view, because MLflow's plain experiment page opens in its GenAI view, and it lists the
+study's trials best first with their parameters and score as columns (see `search.tracking.view`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from search.keys import STUDY_TAG
+from search.tracking.view import UI_PORT, VIEW_TAG, runs_address
 from trainer.errors import UserError
 
 _REMOTE = ("http://", "https://")
@@ -36,7 +39,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     """Add the ``ui`` verb: ``hpo ui [STUDY] [--port 5000] [--host 127.0.0.1]``."""
     ui = verbs.add_parser("ui", help="start the MLflow UI for the studies' runs")
     ui.add_argument("study", nargs="?", help="study whose runs table to open (default: all)")
-    ui.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
+    ui.add_argument(
+        "--port", type=int, default=UI_PORT, help=f"port to listen on (default {UI_PORT})"
+    )
     ui.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine)"
     )
@@ -111,11 +116,6 @@ def _point_at_server(uri: str, study: str | None) -> int:
         return 0
     _print_addresses(base, studies)
     return 0
-
-
-def runs_address(base: str, experiment_id: str) -> str:
-    """The address of an experiment's runs table in the "Model training" view."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def server_command(store: str, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -246,14 +246,17 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _print_addresses(base: str, studies: list[tuple[str, str]]) -> None:
+Study = tuple[str, str, Mapping[str, str]]  # name, experiment id, experiment tags
+
+
+def _print_addresses(base: str, studies: list[Study]) -> None:
     if not studies:
         print(f"  {base} (no studies yet)")
-    for name, experiment_id in studies:
-        print(f"  {name}: {runs_address(base, experiment_id)}")
+    for name, experiment_id, tags in studies:
+        print(f"  {name}: {runs_address(base, experiment_id, view=VIEW_TAG in tags)}")
 
 
-def _experiments(uri: str, study: str | None) -> list[tuple[str, str]]:
+def _experiments(uri: str, study: str | None) -> list[Study]:
     import mlflow
 
     client = mlflow.MlflowClient(uri)
@@ -263,6 +266,6 @@ def _experiments(uri: str, study: str | None) -> list[tuple[str, str]]:
             raise UiError(
                 f"No experiment named '{study}' in {uri}; `hpo ui` without a study lists them."
             )
-        return [(study, found.experiment_id)]
-    studies = client.search_experiments(filter_string="tags.`hpo.study` != ''")
-    return [(e.name, e.experiment_id) for e in studies]
+        return [(study, found.experiment_id, found.tags)]
+    studies = client.search_experiments(filter_string=f"tags.`{STUDY_TAG}` != ''")
+    return [(e.name, e.experiment_id, e.tags) for e in studies]

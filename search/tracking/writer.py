@@ -112,6 +112,6 @@ def metrics(values: dict[str, Any], *, step: int = 0) -> list[Metric]:
     return [Metric(k, float(v), stamp, step) for k, v in values.items() if v is not None]
 
 
-def chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
+def chunks(items: Sequence[T], *, size: int = _BATCH) -> Iterable[Sequence[T]]:
     """``items`` in slices MLflow's log_batch accepts (at least one, maybe empty)."""
-    return (items[i : i + _BATCH] for i in range(0, max(len(items), 1), _BATCH))
+    return (items[i : i + size] for i in range(0, max(len(items), 1), size))

@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -34,10 +35,15 @@ from search.hooks import Hooks
 from search.keys import STUDY_RUN_ATTR, TRIAL_RUN_ATTR
 from search.study import storage
 from search.study.storage import open_storage, redact_url
+from search.tracking import system
 from search.tracking.artifacts import outcome_tags, run_status
-from search.tracking.runs import close_stale_run, close_stale_trial_run
+from search.tracking.dataset import image_frame
+from search.tracking.runs import TrialRuns, close_stale_run, close_stale_trial_run
 from search.tracking.tracker import MlflowTracker, tracking_hook
+from search.tracking.view import VIEW_TAG
 from search.tracking.writer import Guard, prepare_mlflow, stopped_message
+from trainer.sources import ImageTable
+from trainer.types import EpochMetrics, FoldResult
 
 SPACE = """\
 from search.space import choice, loguniform
@@ -91,6 +97,7 @@ class Tracked:
     study: optuna.Study
     runs: list[Run]
     batches: list[tuple[str, dict]]
+    printed: str
 
     def kind(self, kind: str) -> list[Run]:
         return [r for r in self.runs if r.data.tags.get("hpo.kind") == kind]
@@ -140,7 +147,12 @@ def tracked(tmp_path_factory) -> Iterator[Tracked]:
     try:
         space = write_space(folder)
         request = RunRequest(space=str(space), trials=3, progress=False, export=False)
-        run(request, console=quiet(), hooks=[counting_tracker(batches), lambda _: Saboteur()])
+        console = quiet()
+        with pytest.MonkeyPatch.context() as patch:
+            # A sample a second (MLflow's default is 10 s): these trials take seconds.
+            patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+            hooks = [counting_tracker(batches), lambda _: Saboteur()]
+            run(request, console=console, hooks=hooks)
     finally:
         os.chdir(previous)
         if uri is not None:
@@ -150,7 +162,7 @@ def tracked(tmp_path_factory) -> Iterator[Tracked]:
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     storage = f"sqlite:///{folder / 'studies' / 'tiny' / 'study.db'}"
     study = optuna.load_study(study_name="tiny", storage=storage)
-    yield Tracked(folder, client, study, runs, batches)
+    yield Tracked(folder, client, study, runs, batches, console.file.getvalue())
 
 
 def test_one_experiment_named_after_the_study_with_one_study_run(tracked):
@@ -209,7 +221,7 @@ def test_each_fold_has_one_value_per_epoch_of_each_metric(tracked):
     assert len(tracked.client.get_metric_history(pruned_fold.info.run_id, "val_loss")) == 1
 
 
-def test_epoch_metrics_are_written_in_one_batch_per_epoch(tracked):
+def test_epoch_metrics_are_written_whole_and_in_batches(tracked):
     fold_ids = {r.info.run_id for r in tracked.kind("fold")}
     epoch_calls = [
         (run_id, batch)
@@ -218,11 +230,49 @@ def test_epoch_metrics_are_written_in_one_batch_per_epoch(tracked):
     ]
     logged = sum(len(tracked.client.get_metric_history(f, "train_loss")) for f in fold_ids)
     # 2 folds x 2 epochs, except trial 1 (failed in epoch 2 of fold 0) and 2 (pruned in fold 1)
-    assert len(epoch_calls) == logged == 4 + 2 + 3 + 4
-    for _, batch in epoch_calls:
-        keys = {m.key for m in batch["metrics"]}
-        assert set(EPOCH_METRICS) <= keys
-        assert len({m.step for m in batch["metrics"]}) == 1
+    assert logged == 4 + 2 + 3 + 4
+    assert len(fold_ids) <= len(epoch_calls) <= logged  # at most one write per epoch
+    written = [(run_id, m.step) for run_id, batch in epoch_calls for m in batch["metrics"]]
+    for run_id, batch in epoch_calls:
+        for step in {m.step for m in batch["metrics"] if m.key == "train_loss"}:
+            keys = {m.key for m in batch["metrics"] if m.step == step}
+            assert set(EPOCH_METRICS) <= keys  # an epoch is written whole, in one call
+            assert written.count((run_id, step)) == len(keys)  # and only once
+
+
+def epoch(fold: int, number: int) -> EpochMetrics:
+    return EpochMetrics(fold, number, 0.5, 0.6, 0.7, 0.65, 1e-3, 0.65, 0.1)
+
+
+def test_short_epochs_of_a_fold_go_out_in_one_write_with_its_summary():
+    prepare_mlflow()
+    calls: list[str] = []
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("batched")
+    trial_run = client.create_run(experiment).info.run_id
+    original = client.log_batch
+
+    def log_batch(run_id, metrics=(), params=(), tags=(), **kwargs):
+        calls.append(run_id)
+        return original(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    client.log_batch = log_batch
+    runs = TrialRuns(client, experiment, "batched", 0, trial_run, flush_seconds=3600)
+    for number in range(3):
+        runs.epoch_ended(epoch(0, number))
+    assert calls == []  # kept until the fold ends
+    probs = np.full((2, 2), 0.5)
+    result = FoldResult(0, 0.65, 2, (), np.array([0, 1]), probs, {}, 1.0, None)
+    runs.fold_ended(result)
+    (fold_run,) = client.search_runs([experiment], "tags.`hpo.fold` = '0'")
+    assert calls == [fold_run.info.run_id, trial_run]  # the fold's epochs and summary, its score
+    history = client.get_metric_history(fold_run.info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    assert fold_run.info.status == "FINISHED"
+    runs.flush_seconds = 0  # long epochs: each is written when it ends
+    runs.epoch_ended(epoch(1, 0))
+    runs.epoch_ended(epoch(1, 1))
+    assert len(calls) == 4
 
 
 def test_trial_mean_and_spread_over_folds(tracked):
@@ -272,6 +322,11 @@ def test_trial_artifacts(tracked):
     assert {"config.yaml", "confusion_matrix.png", "oof_predictions.csv"} <= tracked.artifacts(
         complete
     )
+    # The confusion matrix only for trials that were the best so far when they ended.
+    first, last = tracked.study.trials[0].value, tracked.study.trials[3].value
+    last_was_best = "confusion_matrix.png" in tracked.artifacts(tracked.trial_run(3))
+    assert last_was_best == (last >= first), (first, last)
+    assert "confusion_matrix.png" not in tracked.artifacts(tracked.trial_run(2))  # pruned
     rows = list(csv.DictReader(io.StringIO(tracked.text(complete, "oof_predictions.csv"))))
     assert len(rows) == DIGITS  # two folds cover every sample once
     assert {r["fold"] for r in rows} == {"0", "1"}
@@ -482,3 +537,102 @@ def test_storage_urls_are_shown_without_their_password(tracked):
     (study_run,) = tracked.kind("study")
     stored = f"sqlite:///{tracked.folder / 'studies' / 'tiny' / 'study.db'}"
     assert study_run.data.tags["hpo.storage"] == stored
+
+
+def test_the_experiment_holds_a_view_of_the_trials_best_first_with_their_columns(tracked):
+    experiment = tracked.client.get_experiment(tracked.kind("study")[0].info.experiment_id)
+    view = json.loads(experiment.tags[VIEW_TAG])
+    assert view["searchFilter"] == "tags.`hpo.kind` = 'trial'"
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`score_mean`", False)
+    columns = view["selectedColumns"]
+    assert columns[0] == "metrics.`score_mean`"
+    assert {"params.`lr`", "params.`dropout`", "tags.`optuna.state`"} <= set(columns)
+    found = tracked.client.search_runs(
+        [experiment.experiment_id], view["searchFilter"], order_by=["metrics.score_mean DESC"]
+    )
+    assert found[0].info.run_name == f"trial-{tracked.study.best_trial.number}"
+
+
+def test_the_end_of_the_run_prints_where_the_trials_are(tracked):
+    experiment = tracked.kind("study")[0].info.experiment_id
+    (line,) = [line for line in tracked.printed.splitlines() if line.startswith("MLflow runs:")]
+    address = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?"
+    assert address + "workflowType=machine_learning&viewStateShareKey=hpo-trials" in line
+    assert line.endswith("(after `hpo ui tiny`)")
+
+
+def system_metrics(run_: Run) -> set[str]:
+    return {k for k in run_.data.metrics if k.startswith("system/")}
+
+
+def test_study_and_trial_runs_have_system_metrics(tracked):
+    (study_run,) = tracked.kind("study")
+    for run_ in (study_run, tracked.trial_run(0), tracked.trial_run(3)):
+        found = system_metrics(run_)
+        assert "system/cpu_utilization_percentage" in found, (run_.info.run_name, found)
+        assert "system/system_memory_usage_megabytes" in found
+    assert not any(system_metrics(f) for f in tracked.kind("fold"))
+
+
+def test_without_psutil_runs_close_and_have_no_system_metrics(monkeypatch, capfd):
+    find_spec = system.importlib.util.find_spec
+
+    def hidden(name: str, *args):
+        return None if name == "psutil" else find_spec(name, *args)
+
+    monkeypatch.setattr(system.importlib.util, "find_spec", hidden)  # MLflow's check sees it too
+    system._say_missing.cache_clear()
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    space = write_space(Path.cwd(), "bare")
+    request = RunRequest(
+        space=str(space), overrides=["epochs=1"], trials=1, progress=False, export=False
+    )
+    assert run(request, console=quiet(), hooks=[tracking_hook]) == "done"
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("bare").experiment_id
+    runs = client.search_runs([experiment])
+    assert len(runs) == 4  # study, trial, 2 folds
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert not any(system_metrics(r) for r in runs)
+    assert capfd.readouterr().err.count("system metrics are off: psutil is not installed") == 1
+
+
+def test_system_metrics_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    assert not system.available()
+    assert system.start_monitor("0" * 32, "sqlite:///unused.db") is None
+
+
+def test_the_image_table_is_a_training_input_of_the_study_and_trial_runs(tracked):
+    (study_run,) = tracked.kind("study")
+    digests = set()
+    for run_ in (study_run, *tracked.kind("trial")):
+        (entry,) = tracked.client.get_run(run_.info.run_id).inputs.dataset_inputs
+        assert entry.dataset.name == "builtin:digits"
+        assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "training"
+        columns = [c["name"] for c in json.loads(entry.dataset.schema)["mlflow_colspec"]]
+        assert columns == ["path", "label", "group", "fold", "holdout"]
+        assert json.loads(entry.dataset.profile)["num_rows"] == DIGITS
+        digests.add(entry.dataset.digest)
+    assert len(digests) == 1
+    assert not tracked.client.get_run(tracked.kind("fold")[0].info.run_id).inputs.dataset_inputs
+
+
+def test_the_image_frame_names_labels_groups_and_holdout():
+    table = ImageTable(
+        source="photos.csv",
+        root=Path("/data"),
+        paths=("a.png", "b.png", "c.png"),
+        labels=np.array([0, 1, 0]),
+        classes=("cat", "dog"),
+        groups=np.array(["g1", "g2", "g1"]),
+        content_id="abc",
+    )
+    frame = image_frame(table, np.array([1, -1, 0]))
+    assert frame.to_dict("records") == [
+        {"path": "a.png", "label": "cat", "group": "g1", "fold": 1, "holdout": False},
+        {"path": "b.png", "label": "dog", "group": "g2", "fold": -1, "holdout": True},
+        {"path": "c.png", "label": "cat", "group": "g1", "fold": 0, "holdout": False},
+    ]
+    ungrouped = image_frame(replace(table, groups=None), np.array([0, 0, 1]))
+    assert list(ungrouped["group"]) == ["", "", ""]

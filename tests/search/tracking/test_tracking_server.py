@@ -87,7 +87,7 @@ def test_mlflow_tracking_uri_points_the_study_at_a_tracking_server(tmp_path, mon
         kinds = sorted(r.data.tags["hpo.kind"] for r in runs)
         assert kinds == ["fold"] * 4 + ["study"] + ["trial"] * 2
         (study_run,) = [r for r in runs if r.data.tags["hpo.kind"] == "study"]
-        trial_run = next(r for r in runs if r.data.tags["hpo.kind"] == "trial")
+        trial_run = next(r for r in runs if r.info.run_name == "trial-0")  # best so far
         artifacts = {a.path for a in client.list_artifacts(trial_run.info.run_id)}
         assert {"config.yaml", "confusion_matrix.png", "oof_predictions.csv"} <= artifacts
         assert "trials.csv" in {a.path for a in client.list_artifacts(study_run.info.run_id)}
@@ -159,8 +159,11 @@ def test_hpo_ui_serves_the_local_store_on_loopback_and_prints_the_runs_address()
     experiment = mlflow.MlflowClient().create_experiment("shown", tags={"hpo.study": "shown"})
     port = free_port()
     ui = hpo_ui("shown", "--port", str(port))
+    # An experiment without hpo's view: the trials filtered and sorted, best first.
     address = (
         f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+        "&searchFilter=tags.%60hpo.kind%60%20%3D%20%27trial%27"
+        "&orderByKey=metrics.%60score_mean%60&orderByAsc=false"
     )
     try:
         printed = [ui.stdout.readline() for _ in range(2)]
