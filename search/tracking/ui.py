@@ -192,19 +192,32 @@ def _wait_until_it_answers(
 
 
 def stop_server(server: subprocess.Popen) -> None:
-    """Stop a server from `start_server` and its worker processes."""
-    if server.poll() is not None:
-        return
+    """Stop a server from `start_server` and its worker processes.
+
+    The whole process group must be gone, not only the ``mlflow`` process: its uvicorn workers
+    may outlive it for a moment and keep answering on the port.
+    """
     for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(server.pid, sig)  # its own group: the uvicorn workers go too
         except ProcessLookupError:
             return
-        try:
-            server.wait(wait)
+        if _group_gone(server, wait):
             return
-        except subprocess.TimeoutExpired:
-            continue
+
+
+def _group_gone(server: subprocess.Popen, wait: float) -> bool:
+    """Whether the server's process group is empty within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        server.poll()  # reaps the group leader once it exits
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -51,14 +51,14 @@ class Guard:
         # One thread at a time: the warnings filters that catch_warnings swaps are process-wide.
         self.lock = threading.RLock()
 
-    def __call__(self, call: Callable[..., T], *args: Any) -> T | None:
-        """``call(*args)``; None once tracking is off, or if the call raises (turning it off)."""
+    def __call__(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """``call(...)``; None once tracking is off, or if the call raises (turning it off)."""
         if not self.alive:
             return None
         try:
             with self.lock, warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # MLflow's deprecation and store notices
-                return call(*args)
+                return call(*args, **kwargs)
         except Exception as err:  # whatever went wrong, tracking must never end a trial
             self.alive = False
             print(stopped_message(self.uri, err), file=sys.stderr, flush=True)
