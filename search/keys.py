@@ -74,13 +74,15 @@ SOURCE_NAME_TAG = "mlflow.source.name"
 SOURCE_TYPE_TAG = "mlflow.source.type"
 
 # MLflow metric names
-SCORE_MEAN_METRIC = "score_mean"  # a complete trial's value: the mean over its folds
-SCORE_STD_METRIC = "score_std"
-FOLD_SCORE_METRIC = "fold_score"  # on the trial run, step = fold
+# Out-of-fold scores are optimistic (each fold's best epoch is chosen on them, the best trial is
+# the best of many), and their names say so, as the export's `..._cv_optimistic_...` do.
+SCORE_MEAN_METRIC = "cv_optimistic_mean"  # a complete trial's value: the mean over its folds
+SCORE_STD_METRIC = "cv_optimistic_std"
+FOLD_SCORE_METRIC = "fold_cv_optimistic"  # on the trial run, step = fold
 TRIAL_SECONDS_METRIC = "trial_seconds"
 EPOCHS_METRIC = "epochs"
 EPOCH_SECONDS_METRIC = "epoch_seconds"
-BEST_SCORE_METRIC = "best_score"
+BEST_SCORE_METRIC = "best_cv_optimistic"  # a fold's best epoch; on the study run, its best trial
 BEST_EPOCH_METRIC = "best_epoch"
 FOLD_SECONDS_METRIC = "fold_seconds"
 TRIALS_METRIC_PREFIX = "trials_"  # + complete, pruned or fail, on the study run
@@ -93,6 +95,8 @@ TRACEBACK_ARTIFACT = "traceback.txt"
 TRIALS_ARTIFACT = "trials.csv"
 HISTORY_ARTIFACT = "optimization_history.png"
 IMPORTANCE_ARTIFACT = "param_importances.png"
+SLICE_ARTIFACT = "slice.png"
+PARALLEL_ARTIFACT = "parallel_coordinate.png"
 DATA_SUMMARY_ARTIFACT = "data_summary"  # + .json and .txt
 SPACE_ARTIFACT = "space.py"
 

@@ -18,7 +18,7 @@ patience = 4
 metric = "f1_macro"
 pretrained = True
 trials = 40
-top_k = 2  # ensemble the fold models of the two best trials
+top_k = 2  # ensemble selection picks, with weights, from the fold models of the two best trials
 tta = "hflip"
 
 backbone = choice("convnext_tiny", "efficientnet_b0", "resnet50", "vit_small_patch16_224")

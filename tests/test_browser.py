@@ -36,7 +36,7 @@ ARGS = (
     "--disable-background-networking --disable-component-update --disable-sync --no-first-run "
     "--window-size=1600,900"
 )
-SCORE, LR = "metrics.`score_mean`", "params.`lr`"
+SCORE, LR = "metrics.`cv_optimistic_mean`", "params.`lr`"
 
 
 def require_browser() -> None:
@@ -116,7 +116,7 @@ def test_the_printed_address_shows_the_best_trial_first_with_its_score(ui, drive
 def _on_screen(driver, row: int, column: str) -> str | None:
     """The text of a table cell if it is visible in the window (not scrolled off or covered).
 
-    ``column`` is the grid's column id (``metrics.`score_mean```) or ``Run Name``.
+    ``column`` is the grid's column id (``metrics.`cv_optimistic_mean```) or ``Run Name``.
     """
     column = "attributes.`Run Name`" if column == "Run Name" else column
     script = """

@@ -463,3 +463,34 @@ def test_e40_predict_with_an_export_for_another_class_count(capsys):
 
 def test_e41_predict_input_missing(capsys):
     untouched(capsys, "E41", ["predict", "export", "new_photos"])
+
+
+def _export_folder_with_an_onnx_file(tta: str) -> None:
+    """``export/`` holding an ``ensemble.onnx`` that onnxruntime loads (an identity graph)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 16, 16, 3])
+    same = helper.make_tensor_value_info("probs", TensorProto.UINT8, ["N", 16, 16, 3])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["probs"])], "g", [image], [same]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {"classes": '["cat", "dog"]', "image_size": "16", "tta": tta}
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    Path("export").mkdir()
+    onnx.save(model, "export/ensemble.onnx")
+
+
+def test_e45_predict_onnx_without_an_onnx_file(capsys):
+    Path("export").mkdir()
+    untouched(capsys, "E45", ["predict", "export", "data", "--onnx"])
+    assert not Path("predictions.csv").exists()
+
+
+def test_e46_predict_onnx_with_tta(capsys):
+    _export_folder_with_an_onnx_file("hflip")
+    untouched(capsys, "E46", ["predict", "export", "data", "--onnx", "--tta", "none"])
+    assert not Path("predictions.csv").exists()

@@ -31,6 +31,7 @@ from search.export.source import StudySource
 from search.export.study_export import NothingToExport
 from search.space.settings import ENSEMBLES
 from search.space.spacefile import load_space
+from search.study.plots import save_figures, study_figures
 from search.study.splits import holdout_indices
 from search.study.storage import stored_folds
 from trainer import metrics
@@ -42,6 +43,7 @@ from trainer.errors import ConfigError
 from trainer.models import build_model, normalization, resolve_architecture
 
 MEMBERS = "members"
+FIGURES = "figures"  # the study's plots, linked from report.md
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,9 @@ def build_export(
         scores = _score(source, candidates, chosen, cv, mode, tta)
         check = _write_onnx(staging, source.place.name, metric)
         _write_best_space(staging / "best_space.py", source, candidates[0], tta)
-        text = markdown(scores, manifest, onnx_check=check.sentence())
+        drawn = study_figures(source.study, source.study.get_trials(deepcopy=False), metric=metric)
+        plots = [f"{FIGURES}/{name}" for name in save_figures(drawn, staging / FIGURES)]
+        text = markdown(scores, manifest, onnx_check=check.sentence(), plots=plots)
         (staging / "report.md").write_text(text)
         _publish(staging, target)
     finally:

@@ -8,7 +8,7 @@ by `hpo export`, written to report.md, and logged to MLflow as flat metrics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.table import Table
 
+from search import keys
 from search.space.settings import SETTINGS
 from search.space.spacefile import HARDWARE_FIELDS
 from trainer import metrics
@@ -209,8 +210,10 @@ def _candidate_lines(scores: ExportScores) -> list[str]:
     return lines
 
 
-def markdown(scores: ExportScores, manifest: Manifest, *, onnx_check: str) -> str:
-    """The export's report.md."""
+def markdown(
+    scores: ExportScores, manifest: Manifest, *, onnx_check: str, plots: Sequence[str] = ()
+) -> str:
+    """The export's report.md; ``plots`` are the study's figures, relative to the export."""
     header, body = _table_cells(scores)
     lines = [
         f"# Export of study `{scores.study}`",
@@ -246,7 +249,23 @@ def markdown(scores: ExportScores, manifest: Manifest, *, onnx_check: str) -> st
         "",
         f"`ensemble.onnx` takes uint8 RGB images (N, H, W, 3); {onnx_check}",
     ]
+    if plots:
+        lines += ["", "## The search", ""]
+        lines += ["The study's trials as they stood at this export (the study run in MLflow holds"]
+        lines += [
+            "the same plots, redrawn while the study ran); each score is the optimistic CV:",
+            "",
+        ]
+        lines += [f"- [{_PLOT_TITLES.get(Path(p).name, p)}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+_PLOT_TITLES = {
+    keys.HISTORY_ARTIFACT: "optimisation history",
+    keys.IMPORTANCE_ARTIFACT: "parameter importances (Optuna's default evaluator)",
+    keys.SLICE_ARTIFACT: "slice plot: the score against each searched parameter",
+    keys.PARALLEL_ARTIFACT: "parallel coordinates of the searched parameters",
+}
 
 
 def flat_metrics(scores: ExportScores) -> dict[str, float]:

@@ -120,7 +120,16 @@ def trials_table(study: optuna.Study, *, top: int = 10, title: str | None = None
     """
     trials = ranked(study, visible_trials(study))
     table = Table(title=title, title_justify="left")
-    headers = ("#", "state", "CV mean", "± std", "pruned at: score", "folds", "epochs", "seconds")
+    headers = (
+        "#",
+        "state",
+        "CV mean (optimistic)",
+        "± std",
+        "pruned at: score",
+        "folds",
+        "epochs",
+        "seconds",
+    )
     for header in (*headers, "params"):
         table.add_column(header, justify="left" if header in ("params", headers[4]) else "right")
     for trial in trials[:top]:
@@ -143,7 +152,7 @@ def trials_table(study: optuna.Study, *, top: int = 10, title: str | None = None
 
 
 def summary_line(study: optuna.Study, target: int | None = None) -> str:
-    """``12/50 finished (9 complete, 3 pruned, 1 failed, 1 running); best 0.9912 (trial 7)``."""
+    """``12/50 finished (...); best CV 0.9912 ± 0.0028 (optimistic; trial 7)``."""
     trials = visible_trials(study)
     n = counts(trials)
     finished = n.get("complete", 0) + n.get("pruned", 0)
@@ -152,5 +161,6 @@ def summary_line(study: optuna.Study, target: int | None = None) -> str:
     best = ""
     if n.get("complete"):
         b = study.best_trial
-        best = f"; best {b.value:.4f} ± {b.user_attrs.get(SCORE_STD, 0):.4f} (trial {b.number})"
+        spread = f"{b.value:.4f} ± {b.user_attrs.get(SCORE_STD, 0):.4f}"
+        best = f"; best CV {spread} (optimistic; trial {b.number})"
     return f"{finished}{of} trials finished ({detail}){best}"

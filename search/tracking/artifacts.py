@@ -219,7 +219,9 @@ def oof_csv(
 def trials_csv(trials: Sequence[FrozenTrial]) -> str:
     """The study's trials as a table: state, value, spread, effort, parameters and outcome."""
     params = sorted({name for t in trials for name in t.params})
-    header = ["number", "state", "value", "score_std", "folds", "epochs", "seconds"]
+    # Named like the trial runs' metrics: a cross-validated mean is optimistic (see keys.py).
+    header = ["number", "state", keys.SCORE_MEAN_METRIC, keys.SCORE_STD_METRIC]
+    header += ["folds", "epochs", "seconds"]
     header += [f"params_{name}" for name in params]
     # A pruned trial's score at its rung is no cross-validated mean: it gets its own column.
     header += ["datetime_start", "datetime_complete", "pruned_at", "pruned_score"]

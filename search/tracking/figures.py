@@ -1,4 +1,4 @@
-"""The figures tracking logs: out-of-fold confusion, optimisation history, importances.
+"""The out-of-fold confusion matrix a trial run logs (the study's plots: `search.study.plots`).
 
 Figures are `matplotlib.figure.Figure` objects rather than pyplot figures, so tracking never
 changes the process's plotting backend or leaves figures open. Drawing is pure (no MLflow call).
@@ -6,19 +6,14 @@ changes the process's plotting backend or leaves figures open. Drawing is pure (
 
 from __future__ import annotations
 
-import statistics
-import warnings
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from optuna.trial import FrozenTrial, TrialState
 
-from search.keys import FOLD_SCORES
 from trainer.metrics import confusion
 
 if TYPE_CHECKING:
-    import optuna
     from matplotlib.figure import Figure
 
     from search.tracking.artifacts import FoldPredictions
@@ -57,65 +52,3 @@ def confusion_figure(
     ax.set_ylabel("true (colour: share of the class)")
     ax.set_title(title, fontsize=10)
     return fig
-
-
-def history_figure(trials: Sequence[FrozenTrial], *, metric: str, maximize: bool) -> Figure:
-    """Each trial's value by trial number, the best so far, and pruned trials' partial means."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.subplots()
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.user_attrs.get(FOLD_SCORES)]
-    if pruned:
-        xs = [t.number for t in pruned]
-        ys = [statistics.fmean(t.user_attrs[FOLD_SCORES]) for t in pruned]
-        ax.scatter(xs, ys, marker="x", color="0.6", label="pruned (mean of trained folds)")
-    if done:
-        values = [t.value for t in done]
-        best = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
-        ax.scatter([t.number for t in done], values, color="tab:blue", label="complete")
-        ax.step([t.number for t in done], best, where="post", color="tab:red", label="best so far")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"{metric} (mean over folds)")
-    ax.set_title(f"Optimisation history ({'maximised' if maximize else 'minimised'})")
-    if done or pruned:
-        ax.legend(loc="best")
-    return fig
-
-
-def importance_figure(study: optuna.Study) -> Figure | None:
-    """Optuna's parameter importances as bars; None until they can be computed."""
-    import optuna
-    from matplotlib.figure import Figure
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 2:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "too few trials": the plot says what it can
-            importances = optuna.importance.get_param_importances(study)
-    except (ValueError, RuntimeError):  # e.g. no parameter varies yet
-        return None
-    if not importances:
-        return None
-    names = list(importances)[::-1]
-    fig = Figure(figsize=(7, 1.2 + 0.4 * len(names)), layout="constrained")
-    ax = fig.subplots()
-    ax.barh(names, [importances[n] for n in names], color="tab:blue")
-    ax.set_xlabel("importance (Optuna's default evaluator)")
-    ax.set_title(f"Parameter importances ({len(complete)} complete trials)")
-    return fig
-
-
-def safe_figure(build: Callable[..., Figure | None], *args: Any, **kwargs: Any) -> Figure | None:
-    """``build(...)``, or None if drawing failed (a missing plot must not stop a study)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return build(*args, **kwargs)
-    except Exception:
-        return None

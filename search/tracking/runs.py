@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from optuna.trial import FrozenTrial, TrialState
 
 from search import keys
+from search.study import plots as study_plots
 from search.study.report import visible_trials
 from search.tracking import artifacts as content
 from search.tracking import figures
@@ -146,7 +147,7 @@ class TrialRuns:
         if not figure:
             return
         title = f"Trial {trial.number}: out-of-fold confusion ({len(parts)} folds)"
-        drawn = figures.safe_figure(
+        drawn = study_plots.safe_figure(
             figures.confusion_figure, parts, table.labels, table.classes, title
         )
         if drawn is not None:
@@ -178,12 +179,7 @@ def study_tables(study: optuna.Study, run: StudyRun, *, plots: bool = True) -> S
     trials = visible_trials(study)
     drawn: dict[str, Figure | None] = {}
     if plots:
-        maximize = study.direction.name == "MAXIMIZE"
-        metric = run.space.config({}).metric
-        drawn[keys.HISTORY_ARTIFACT] = figures.safe_figure(
-            figures.history_figure, trials, metric=metric, maximize=maximize
-        )
-        drawn[keys.IMPORTANCE_ARTIFACT] = figures.safe_figure(figures.importance_figure, study)
+        drawn = study_plots.study_figures(study, trials, metric=run.space.config({}).metric)
     return StudyTables(trials, drawn, content.study_values(study, trials))
 
 

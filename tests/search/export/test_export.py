@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +110,10 @@ def test_export_folder_has_manifest_weights_space_and_report(digits):
     assert f"| best fold model on the holdout (trial{best.number}" in report
     assert "f1_macro CV (optimistic)" in report and "f1_macro +hflip" in report
     assert (digits.top1 / "ensemble.onnx").is_file() and "onnxruntime checked" in report
+    # The study's plots are in the export, linked from the report.
+    linked = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
+    assert "## The search" in report and "figures/optimization_history.png" in linked
+    assert all((digits.top1 / path).stat().st_size > 1000 for path in linked)
 
 
 def test_best_space_is_a_space_file_with_every_value_fixed(digits):

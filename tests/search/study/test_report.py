@@ -69,8 +69,13 @@ def test_pruned_trials_show_where_they_stopped_and_their_score_there():
     assert [t.number for t in ranked(study, study.trials)] == [0, 2, 1, 3]
 
 
+def test_the_cross_validated_column_says_it_is_optimistic():
+    header = next(line for line in _text(_study()) if "state" in line)
+    assert "CV mean (optimistic)" in header
+
+
 def test_trials_csv_keeps_a_pruned_score_out_of_the_value_column():
     rows = list(csv.DictReader(io.StringIO(trials_csv(_study().trials))))
-    assert rows[0]["value"] == "0.92" and rows[0]["pruned_score"] == ""
-    assert rows[1]["value"] == "" and rows[1]["pruned_score"] == "0.7123"
+    assert rows[0]["cv_optimistic_mean"] == "0.92" and rows[0]["pruned_score"] == ""
+    assert rows[1]["cv_optimistic_mean"] == "" and rows[1]["pruned_score"] == "0.7123"
     assert rows[1]["pruned_at"] == "fold 0, epoch 2"

@@ -278,13 +278,15 @@ def test_short_epochs_of_a_fold_go_out_in_one_write_with_its_summary():
 def test_trial_mean_and_spread_over_folds(tracked):
     for trial in tracked.study.get_trials(states=(TrialState.COMPLETE,)):
         metrics = tracked.trial_run(trial.number).data.metrics
-        assert metrics["score_mean"] == pytest.approx(trial.value)
-        assert metrics["score_std"] == pytest.approx(trial.user_attrs["score_std"])
+        assert metrics["cv_optimistic_mean"] == pytest.approx(trial.value)
+        assert metrics["cv_optimistic_std"] == pytest.approx(trial.user_attrs["score_std"])
         history = tracked.client.get_metric_history(
-            tracked.trial_run(trial.number).info.run_id, "fold_score"
+            tracked.trial_run(trial.number).info.run_id, "fold_cv_optimistic"
         )
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1]
-    assert "score_mean" not in tracked.trial_run(2).data.metrics  # pruned: no mean of all folds
+    assert (
+        "cv_optimistic_mean" not in tracked.trial_run(2).data.metrics
+    )  # pruned: no mean of all folds
 
 
 def test_pruned_and_failed_trials_differ_in_status_and_tags(tracked):
@@ -345,6 +347,8 @@ def test_study_artifacts(tracked):
         "trials.csv",
         "optimization_history.png",
         "param_importances.png",
+        "slice.png",
+        "parallel_coordinate.png",
     }
     assert expected <= tracked.artifacts(study_run)
     summary = json.loads(tracked.text(study_run, "data_summary.json"))
@@ -353,7 +357,7 @@ def test_study_artifacts(tracked):
     assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "PRUNED", "COMPLETE"]
     assert rows[0]["mlflow_run_id"] == tracked.trial_run(0).info.run_id
     assert study_run.data.metrics["trials_complete"] == 2
-    assert study_run.data.metrics["best_score"] == pytest.approx(tracked.study.best_value)
+    assert study_run.data.metrics["best_cv_optimistic"] == pytest.approx(tracked.study.best_value)
     assert study_run.data.params["folds"] == "2"
 
 
@@ -543,12 +547,14 @@ def test_the_experiment_holds_a_view_of_the_trials_best_first_with_their_columns
     experiment = tracked.client.get_experiment(tracked.kind("study")[0].info.experiment_id)
     view = json.loads(experiment.tags[VIEW_TAG])
     assert view["searchFilter"] == "tags.`hpo.kind` = 'trial'"
-    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`score_mean`", False)
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`cv_optimistic_mean`", False)
     columns = view["selectedColumns"]
-    assert columns[0] == "metrics.`score_mean`"
+    assert columns[0] == "metrics.`cv_optimistic_mean`"
     assert {"params.`lr`", "params.`dropout`", "tags.`optuna.state`"} <= set(columns)
     found = tracked.client.search_runs(
-        [experiment.experiment_id], view["searchFilter"], order_by=["metrics.score_mean DESC"]
+        [experiment.experiment_id],
+        view["searchFilter"],
+        order_by=["metrics.cv_optimistic_mean DESC"],
     )
     assert found[0].info.run_name == f"trial-{tracked.study.best_trial.number}"
 

@@ -91,7 +91,7 @@ def test_mlflow_tracking_uri_points_the_study_at_a_tracking_server(tmp_path, mon
         artifacts = {a.path for a in client.list_artifacts(trial_run.info.run_id)}
         assert {"config.yaml", "confusion_matrix.png", "oof_predictions.csv"} <= artifacts
         assert "trials.csv" in {a.path for a in client.list_artifacts(study_run.info.run_id)}
-        history = client.get_metric_history(trial_run.info.run_id, "fold_score")
+        history = client.get_metric_history(trial_run.info.run_id, "fold_cv_optimistic")
         assert len(history) == 2
     assert not Path("mlflow.db").exists()  # nothing went to the local default store
 
@@ -163,7 +163,7 @@ def test_hpo_ui_serves_the_local_store_on_loopback_and_prints_the_runs_address()
     address = (
         f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
         "&searchFilter=tags.%60hpo.kind%60%20%3D%20%27trial%27"
-        "&orderByKey=metrics.%60score_mean%60&orderByAsc=false"
+        "&orderByKey=metrics.%60cv_optimistic_mean%60&orderByAsc=false"
     )
     try:
         printed = [ui.stdout.readline() for _ in range(2)]
