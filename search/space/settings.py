@@ -1,13 +1,16 @@
 """Study-level settings a space file may set, beside the `TrainConfig` fields.
 
 These are fixed for a whole study (they define its data, splits, sampler and run control), so a
-space file can only give them a literal value, never a distribution.
+space file can only give them a literal value, never a distribution. `StudySettings` holds them
+as one frozen object, one attribute per setting; `SETTINGS` describes each one (default, check,
+role) and is derived from its fields, so a setting is declared once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.config import TTA_MODES
@@ -84,26 +87,67 @@ def _p_value(value: Any) -> str | None:
     return None if ok else "must be a float in (0, 1)"
 
 
-SETTINGS: dict[str, Setting] = {
-    "data": Setting("builtin:digits", _text),
-    "folds": Setting(5, _int_at_least(2)),
+def _setting(default: Any, check: Callable[[Any], str | None], *, run_control: bool = False) -> Any:
+    """A `StudySettings` field whose metadata holds its check and role."""
+    return field(default=default, metadata={"check": check, "run_control": run_control})
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySettings:
+    """Every study setting of a space, one attribute each; built and checked by `load_space`.
+
+    Attributes hold the values as given (or their defaults); `to_dict`, `identity` and
+    `run_control` are the only ways to read them by name, for the places that store them.
+    """
+
+    data: str = _setting("builtin:digits", _text)
+    folds: int = _setting(5, _int_at_least(2))
     # None: 0.1 for data of at least 1,000 images, else 0 (see search.study.storage).
-    "holdout": Setting(None, _optional(_fraction(0.5))),
-    "sampler": Setting("tpe", _one_of(SAMPLERS)),
-    "pruner": Setting("median", _one_of(PRUNERS)),
-    "pruner_startup_trials": Setting(3, _int_at_least(1)),
-    "pruner_epoch_rungs": Setting((1 / 3,), _fractions),
-    "pruner_p": Setting(0.1, _p_value),
-    "baselines": Setting((), _baselines, run_control=True),
-    "patience_trials": Setting(None, _optional(_int_at_least(1)), run_control=True),
-    "trials": Setting(20, _int_at_least(1), run_control=True),
-    "timeout": Setting(None, _optional(_positive), run_control=True),
-    "max_failures": Setting(5, _int_at_least(1), run_control=True),
-    "tracking": Setting("mlflow", _one_of(TRACKING), run_control=True),
-    "heartbeat": Setting(20, _int_at_least(1), run_control=True),
+    holdout: float | None = _setting(None, _optional(_fraction(0.5)))
+    sampler: str = _setting("tpe", _one_of(SAMPLERS))
+    pruner: str = _setting("median", _one_of(PRUNERS))
+    pruner_startup_trials: int = _setting(3, _int_at_least(1))
+    pruner_epoch_rungs: Sequence[float] = _setting((1 / 3,), _fractions)
+    pruner_p: float = _setting(0.1, _p_value)
+    baselines: Sequence[Mapping[str, Any]] = _setting((), _baselines, run_control=True)
+    patience_trials: int | None = _setting(None, _optional(_int_at_least(1)), run_control=True)
+    trials: int = _setting(20, _int_at_least(1), run_control=True)
+    timeout: float | None = _setting(None, _optional(_positive), run_control=True)
+    max_failures: int = _setting(5, _int_at_least(1), run_control=True)
+    tracking: str = _setting("mlflow", _one_of(TRACKING), run_control=True)
+    heartbeat: int = _setting(20, _int_at_least(1), run_control=True)
     # How long a worker waits for a study database that went away before it stops.
-    "storage_patience": Setting(120, _positive, run_control=True),
-    "top_k": Setting(5, _int_at_least(1), run_control=True),
-    "ensemble": Setting("select", _one_of(ENSEMBLES), run_control=True),
-    "tta": Setting("none", _one_of(TTA_MODES), run_control=True),
+    storage_patience: float = _setting(120, _positive, run_control=True)
+    top_k: int = _setting(5, _int_at_least(1), run_control=True)
+    ensemble: str = _setting("select", _one_of(ENSEMBLES), run_control=True)
+    tta: str = _setting("none", _one_of(TTA_MODES), run_control=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting by name, in declaration order (the values themselves, not copies)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that make two runs the same study, as stored in its identity.
+
+        Run control is left out (it may change between runs), and so is ``data``: its
+        location may differ between machines, and its contents are compared separately.
+        """
+        return {
+            k: v for k, v in self.to_dict().items() if k != "data" and not SETTINGS[k].run_control
+        }
+
+    def run_control(self) -> dict[str, Any]:
+        """The settings that may change between runs of one study (how long, how many)."""
+        return {k: v for k, v in self.to_dict().items() if SETTINGS[k].run_control}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> StudySettings:
+        """Settings from stored ``values`` (names that are not settings are ignored)."""
+        return cls(**{k: v for k, v in values.items() if k in SETTINGS})
+
+
+SETTINGS: dict[str, Setting] = {
+    f.name: Setting(f.default, f.metadata["check"], run_control=f.metadata["run_control"])
+    for f in dataclasses.fields(StudySettings)
 }
+"""Each setting's default, check and role, by name (derived from `StudySettings`)."""

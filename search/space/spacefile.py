@@ -22,7 +22,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution, distr
 
 from search.space import Searched, SpaceError
 from search.space.baselines import check_baselines
-from search.space.settings import SETTINGS
+from search.space.settings import SETTINGS, StudySettings
 from trainer.config import TrainConfig, field_names
 from trainer.errors import ConfigError
 
@@ -46,7 +46,7 @@ class Space:
     """
 
     path: Path
-    settings: Mapping[str, Any]
+    settings: StudySettings
     fixed: Mapping[str, Any]
     searched: Mapping[str, Searched]
 
@@ -76,7 +76,7 @@ class Space:
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same study (JSON-safe); hardware and run control excluded."""
         return {
-            "settings": {k: v for k, v in self.settings.items() if _identity_setting(k)},
+            "settings": self.settings.identity(),
             "fixed": {k: v for k, v in self.fixed.items() if k not in HARDWARE_FIELDS},
             "searched": {
                 name: {"distribution": distribution_to_json(s.distribution), "when": s.when}
@@ -88,11 +88,6 @@ class Space:
         """A short hash of `identity`."""
         text = json.dumps(self.identity(), sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _identity_setting(name: str) -> bool:
-    # The data location may differ between machines; its contents are compared separately.
-    return name != "data" and not SETTINGS[name].run_control
 
 
 def known_names() -> tuple[str, ...]:
@@ -203,7 +198,7 @@ def _literal(text: str) -> Any:
 
 
 def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Space:
-    settings = {name: s.default for name, s in SETTINGS.items()}
+    settings: dict[str, Any] = {}
     fixed: dict[str, Any] = {}
     searched: dict[str, Searched] = {}
     for name, value in values.items():
@@ -216,13 +211,13 @@ def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Spac
             raise SpaceError(f"{where[name]}: unknown name '{name}'{_did_you_mean(name)}")
     for name in searched:
         _check_conditions(name, searched, fixed, where[name])
-    if settings["baselines"]:
+    if settings.get("baselines"):
         # Values that no trial samples: the fixed ones and the defaults of the rest.
         known = {k: v for k, v in {**_DEFAULTS, **fixed}.items() if k not in searched}
         settings["baselines"] = check_baselines(
             settings["baselines"], searched, known, where["baselines"]
         )
-    return Space(path, settings, fixed, _ordered(searched, where))
+    return Space(path, StudySettings(**settings), fixed, _ordered(searched, where))
 
 
 def _did_you_mean(name: str) -> str:

@@ -132,7 +132,7 @@ def warm_start(study: optuna.Study, source: optuna.Study, name: str, space: Spac
     check_source(study, source, name, space)
     identity = source.user_attrs.get("hpo.identity", {})
     same_rungs = _jsonish(identity.get("settings", {}).get("pruner_epoch_rungs")) == _jsonish(
-        space.settings["pruner_epoch_rungs"]
+        space.settings.pruner_epoch_rungs
     )
     old_fixed = dict(identity.get("fixed", {}))
     finished = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))

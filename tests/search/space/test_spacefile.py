@@ -38,7 +38,7 @@ def test_literals_are_fixed_and_distributions_searched(tmp_path):
     )
     space = load_space(path)
     assert space.fixed == {"epochs": 3}
-    assert space.settings["folds"] == 4
+    assert space.settings.folds == 4
     assert set(space.searched) == {"lr", "batch_size"}
     assert space.name == "space"
     dist = space.searched["lr"].distribution
