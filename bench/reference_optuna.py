@@ -211,7 +211,7 @@ class Reference:
         self.settings = space.settings
         self.targets = np.array(datasets.ImageFolder(folder).targets)
         self.classes = int(self.targets.max()) + 1
-        seed = space.config({}).seed
+        seed = space.settings.seed
         splitter = StratifiedKFold(self.settings.folds, shuffle=True, random_state=seed)
         self.folds = list(splitter.split(np.zeros(len(self.targets)), self.targets))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -346,11 +346,11 @@ def ignored_fields(space: Space) -> list[str]:
 def run_reference(space: Space, *, trials: int, workdir: Path, workers: int) -> ReferenceResult:
     """Run the hand-written study to ``trials`` trials and summarise it."""
     started = time.perf_counter()
-    seed = space.config({}).seed
+    seed = space.settings.seed
     torch.manual_seed(seed)
     folder = image_folder(space.settings.data, workdir)
     objective = Reference(space, folder, workers=workers, log=workdir / "reference_log.csv")
-    direction = "minimize" if space.config({}).metric == "log_loss" else "maximize"
+    direction = "minimize" if space.settings.metric == "log_loss" else "maximize"
     study = optuna.create_study(
         direction=direction,
         sampler=optuna.samplers.TPESampler(seed=seed),

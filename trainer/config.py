@@ -1,6 +1,7 @@
 """The trainer's only input: one frozen `TrainConfig`.
 
-Every field can be fixed or searched in a space file. ``None`` means "the library's default",
+Every field but ``metric`` and ``seed`` (study settings, see `TrainConfig`) can be fixed or
+searched in a space file. ``None`` means "the library's default",
 resolved at training time (for example the device, mixed precision or loader workers).
 """
 
@@ -67,6 +68,10 @@ class TrainConfig:
         metric: Validation metric that scores a fold and picks its best epoch (``log_loss`` is
             minimised, the others maximised).
         seed: Seed for weights, batch order and augmentation.
+
+    ``metric`` and ``seed`` are one value for a whole study, so a space file sets them as study
+    settings; the study copies them into every trial's config, and the trainer, which knows
+    nothing of studies, reads them here like any other field.
         device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks cuda, then mps, then cpu.
         amp: Mixed precision; ``None`` means on for CUDA.
         channels_last: Channels-last memory format; ``None`` means on for CUDA.

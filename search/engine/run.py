@@ -60,7 +60,7 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     space = resolve_holdout(storage, place, space, table)  # what the study stores
     check_study(storage, place, space, table)  # before decoding: a mismatch fails in seconds
     check_images(space, table, progress=request.progress)
-    process_seed = _process_seed(request, space.config({}).seed)
+    process_seed = _process_seed(request, space.settings.seed)
     study = open_study(storage, place, space, table, process_seed=process_seed)
     # `hpo export` reads the latest run-control settings (top_k, tta, tracking) from here.
     study.set_user_attr("hpo.run_control", space.settings.run_control())

@@ -70,6 +70,9 @@ def stored_settings(study: optuna.Study) -> StudySettings:
     settings = _literal_settings(attrs.get("hpo.space_source", ""))
     settings.update(attrs.get("hpo.run_control", {}))
     settings.update(attrs["hpo.identity"]["settings"])
+    # metric and seed, where the study fixed them, are stored with the fixed values.
+    fixed = attrs["hpo.identity"].get("fixed", {})
+    settings.update({k: v for k, v in fixed.items() if k in SETTINGS and SETTINGS[k].trainer})
     settings["data"] = attrs["hpo.data"]
     return StudySettings.from_dict(settings)
 

@@ -1,9 +1,10 @@
 """Study-level settings a space file may set, beside the `TrainConfig` fields.
 
-These are fixed for a whole study (they define its data, splits, sampler and run control), so a
-space file can only give them a literal value, never a distribution. `StudySettings` holds them
-as one frozen object, one attribute per setting; `SETTINGS` describes each one (default, check,
-role) and is derived from its fields, so a setting is declared once.
+These are fixed for a whole study (they define its data, splits, sampler, metric, seed and run
+control), so a space file can only give them a literal value, never a distribution.
+`StudySettings` holds them as one frozen object, one attribute per setting; `SETTINGS`
+describes each one (default, check, role) and is derived from its fields, so a setting is
+declared once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.config import TTA_MODES
+from trainer.config import DIRECTIONS, TTA_MODES, TrainConfig
 
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNERS = ("median", "wilcoxon", "none")
@@ -30,6 +31,10 @@ class Setting:
     # Run control (how long, how many) may change between runs of the same study; everything
     # else is part of the study's identity and is compared on resume.
     run_control: bool = False
+    # Passed to the trainer in every trial's `TrainConfig` (see `StudySettings.for_trainer`).
+    trainer: bool = False
+    # Why it cannot be searched, when there is more to say than "it is fixed for the study".
+    fixed_because: str | None = None
 
 
 def _int_at_least(low: int) -> Callable[[Any], str | None]:
@@ -87,17 +92,41 @@ def _p_value(value: Any) -> str | None:
     return None if ok else "must be a float in (0, 1)"
 
 
-def _setting(default: Any, check: Callable[[Any], str | None], *, run_control: bool = False) -> Any:
-    """A `StudySettings` field whose metadata holds its check and role."""
-    return field(default=default, metadata={"check": check, "run_control": run_control})
+def _metric(value: Any) -> str | None:
+    if isinstance(value, str) and value in DIRECTIONS:
+        return None
+    return "is not allowed; use one of " + ", ".join(map(repr, DIRECTIONS))
+
+
+def _integer(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    return None if ok else "has the wrong type; it must be an integer"
+
+
+def _setting(default: Any, check: Callable[[Any], str | None], **role: Any) -> Any:
+    """A `StudySettings` field whose metadata holds its check and role (see `Setting`)."""
+    return field(default=default, metadata={"check": check, **role})
+
+
+# The trainer's own defaults, so that a study and a direct `TrainConfig` agree on them.
+_DEFAULT = TrainConfig()
+_DIRECTION = "it decides whether the study maximises or minimises its score"
 
 
 @dataclass(frozen=True, kw_only=True)
 class StudySettings:
     """Every study setting of a space, one attribute each; built and checked by `load_space`.
 
-    Attributes hold the values as given (or their defaults); `to_dict`, `identity` and
-    `run_control` are the only ways to read them by name, for the places that store them.
+    Attributes hold the values as given (or their defaults); `to_dict`, `identity`,
+    `run_control` and `for_trainer` are the only ways to read them by name, for the places
+    that store them or hand them on.
+
+    ``metric`` and ``seed`` are study settings (one value for the whole study: the metric sets
+    the study's direction, the seed its folds and sampler), yet the trainer needs them too. The
+    trainer never imports `search`, so it keeps them as `TrainConfig` fields, and the study
+    hands them over: `search.space.spacefile.Space.config` puts `for_trainer` into every
+    trial's config. Trial configs, and the identity of studies that fixed them (under
+    ``fixed``, see `Space.identity`), therefore store them exactly as before.
     """
 
     data: str = _setting("builtin:digits", _text)
@@ -121,6 +150,8 @@ class StudySettings:
     top_k: int = _setting(5, _int_at_least(1), run_control=True)
     ensemble: str = _setting("select", _one_of(ENSEMBLES), run_control=True)
     tta: str = _setting("none", _one_of(TTA_MODES), run_control=True)
+    metric: str = _setting(_DEFAULT.metric, _metric, trainer=True, fixed_because=_DIRECTION)
+    seed: int = _setting(_DEFAULT.seed, _integer, trainer=True)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting by name, in declaration order (the values themselves, not copies)."""
@@ -130,15 +161,18 @@ class StudySettings:
         """The settings that make two runs the same study, as stored in its identity.
 
         Run control is left out (it may change between runs), and so is ``data``: its
-        location may differ between machines, and its contents are compared separately.
+        location may differ between machines, and its contents are compared separately. The
+        settings handed to the trainer are stored with the fixed values (see `for_trainer`).
         """
-        return {
-            k: v for k, v in self.to_dict().items() if k != "data" and not SETTINGS[k].run_control
-        }
+        return {k: v for k, v in self.to_dict().items() if k != "data" and _kind(k) == "study"}
 
     def run_control(self) -> dict[str, Any]:
         """The settings that may change between runs of one study (how long, how many)."""
-        return {k: v for k, v in self.to_dict().items() if SETTINGS[k].run_control}
+        return {k: v for k, v in self.to_dict().items() if _kind(k) == "run_control"}
+
+    def for_trainer(self) -> dict[str, Any]:
+        """The settings every trial's `TrainConfig` receives: ``metric`` and ``seed``."""
+        return {k: v for k, v in self.to_dict().items() if _kind(k) == "trainer"}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> StudySettings:
@@ -147,7 +181,11 @@ class StudySettings:
 
 
 SETTINGS: dict[str, Setting] = {
-    f.name: Setting(f.default, f.metadata["check"], run_control=f.metadata["run_control"])
-    for f in dataclasses.fields(StudySettings)
+    f.name: Setting(f.default, **f.metadata) for f in dataclasses.fields(StudySettings)
 }
 """Each setting's default, check and role, by name (derived from `StudySettings`)."""
+
+
+def _kind(name: str) -> str:
+    setting = SETTINGS[name]
+    return "run_control" if setting.run_control else "trainer" if setting.trainer else "study"

@@ -216,13 +216,13 @@ def open_study(
         min_peers=settings.pruner_startup_trials,
         p=settings.pruner_p,
     )
-    direction = DIRECTIONS[space.config({}).metric]
+    direction = DIRECTIONS[space.settings.metric]
     study = optuna.create_study(
         study_name=place.name,
         storage=storage,
         sampler=build_sampler(
             settings.sampler,
-            seed=space.config({}).seed,
+            seed=space.settings.seed,
             process_seed=process_seed,
             grouped=space.conditional,
             space={name: s.distribution for name, s in space.searched.items()},
@@ -329,7 +329,7 @@ def new_folds(space: Space, table: ImageTable) -> np.ndarray:
         table.classes,
         folds=space.settings.folds,
         holdout=_holdout(space, table),
-        seed=space.config({}).seed,
+        seed=space.settings.seed,
     )
 
 

@@ -73,7 +73,7 @@ def study_run_tags(run: StudyRun, key: str) -> dict[str, str]:
         keys.STUDY_TAG: run.place.name,
         keys.STUDY_KEY_TAG: key,
         keys.DATA_TAG: str(space.settings.data),
-        keys.METRIC_TAG: space.config({}).metric,
+        keys.METRIC_TAG: space.settings.metric,
         keys.DIRECTION_TAG: run.study.direction.name.lower(),
         keys.SPLITS_ID_TAG: str(attrs.get(keys.SPLITS_ID_ATTR)),
         keys.SEARCHED_TAG: ",".join(space.searched),

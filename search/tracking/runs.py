@@ -179,7 +179,7 @@ def study_tables(study: optuna.Study, run: StudyRun, *, plots: bool = True) -> S
     drawn: dict[str, Figure | None] = {}
     if plots:
         maximize = study.direction.name == "MAXIMIZE"
-        metric = run.space.config({}).metric
+        metric = run.space.settings.metric
         drawn[keys.HISTORY_ARTIFACT] = figures.safe_figure(
             figures.history_figure, trials, metric=metric, maximize=maximize
         )
