@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_type_hints
 
-from trainer.config import DIRECTIONS, TTA_MODES, TrainConfig
+from trainer import checks
+from trainer.config import TTA_MODES, TrainConfig
 
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNERS = ("median", "wilcoxon", "none")
@@ -37,79 +38,17 @@ class Setting:
     fixed_because: str | None = None
 
 
-def _int_at_least(low: int) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            return f"must be an integer of at least {low}"
-        return None
-
-    return check
-
-
-def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value in options else "must be one of " + ", ".join(options)
-
-    return check
-
-
-def _fraction(high: float) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return None if ok and 0 <= value < high else f"must be a number in [0, {high})"
-
-    return check
-
-
-def _optional(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    return lambda value: None if value is None else check(value)
-
-
-def _text(value: Any) -> str | None:
-    return None if isinstance(value, str) and value else "must be a non-empty string"
-
-
-def _positive(value: Any) -> str | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-    return None if ok else "must be a positive number of seconds"
-
-
-def _fractions(value: Any) -> str | None:
-    ok = isinstance(value, tuple | list) and all(
-        isinstance(f, int | float) and not isinstance(f, bool) and 0 < f < 1 for f in value
-    )
-    return None if ok else "must be a tuple of fractions between 0 and 1, e.g. (1/3,)"
-
-
-def _baselines(value: Any) -> str | None:
-    # Each entry's names and values are checked against the searched parameters later.
-    ok = isinstance(value, tuple | list) and all(isinstance(b, dict) for b in value)
-    return None if ok else 'must be a list of dicts of parameter values, e.g. [{"lr": 1e-3}]'
-
-
-def _p_value(value: Any) -> str | None:
-    ok = isinstance(value, float) and 0 < value < 1
-    return None if ok else "must be a float in (0, 1)"
-
-
-def _metric(value: Any) -> str | None:
-    if isinstance(value, str) and value in DIRECTIONS:
-        return None
-    return "is not allowed; use one of " + ", ".join(map(repr, DIRECTIONS))
-
-
-def _integer(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    return None if ok else "has the wrong type; it must be an integer"
-
-
 def _setting(default: Any, check: Callable[[Any], str | None], **role: Any) -> Any:
     """A `StudySettings` field whose metadata holds its check and role (see `Setting`)."""
     return field(default=default, metadata={"check": check, **role})
 
 
-# The trainer's own defaults, so that a study and a direct `TrainConfig` agree on them.
-_DEFAULT = TrainConfig()
+def _trainer(name: str, **role: Any) -> Any:
+    """A setting the trainer receives: `TrainConfig`'s default and the check of its field."""
+    check = checks.field_check(name, get_type_hints(TrainConfig)[name])
+    return _setting(getattr(TrainConfig(), name), check, trainer=True, **role)
+
+
 _DIRECTION = "it decides whether the study maximises or minimises its score"
 
 
@@ -129,29 +68,31 @@ class StudySettings:
     ``fixed``, see `Space.identity`), therefore store them exactly as before.
     """
 
-    data: str = _setting("builtin:digits", _text)
-    folds: int = _setting(5, _int_at_least(2))
+    data: str = _setting("builtin:digits", checks.text)
+    folds: int = _setting(5, checks.int_at_least(2))
     # None: 0.1 for data of at least 1,000 images, else 0 (see search.study.storage).
-    holdout: float | None = _setting(None, _optional(_fraction(0.5)))
-    sampler: str = _setting("tpe", _one_of(SAMPLERS))
-    pruner: str = _setting("median", _one_of(PRUNERS))
-    pruner_startup_trials: int = _setting(3, _int_at_least(1))
-    pruner_epoch_rungs: Sequence[float] = _setting((1 / 3,), _fractions)
-    pruner_p: float = _setting(0.1, _p_value)
-    baselines: Sequence[Mapping[str, Any]] = _setting((), _baselines, run_control=True)
-    patience_trials: int | None = _setting(None, _optional(_int_at_least(1)), run_control=True)
-    trials: int = _setting(20, _int_at_least(1), run_control=True)
-    timeout: float | None = _setting(None, _optional(_positive), run_control=True)
-    max_failures: int = _setting(5, _int_at_least(1), run_control=True)
-    tracking: str = _setting("mlflow", _one_of(TRACKING), run_control=True)
-    heartbeat: int = _setting(20, _int_at_least(1), run_control=True)
+    holdout: float | None = _setting(None, checks.optional(checks.fraction(0.5)))
+    sampler: str = _setting("tpe", checks.one_of(SAMPLERS))
+    pruner: str = _setting("median", checks.one_of(PRUNERS))
+    pruner_startup_trials: int = _setting(3, checks.int_at_least(1))
+    pruner_epoch_rungs: Sequence[float] = _setting((1 / 3,), checks.fractions)
+    pruner_p: float = _setting(0.1, checks.p_value)
+    baselines: Sequence[Mapping[str, Any]] = _setting((), checks.dicts, run_control=True)
+    patience_trials: int | None = _setting(
+        None, checks.optional(checks.int_at_least(1)), run_control=True
+    )
+    trials: int = _setting(20, checks.int_at_least(1), run_control=True)
+    timeout: float | None = _setting(None, checks.optional(checks.seconds), run_control=True)
+    max_failures: int = _setting(5, checks.int_at_least(1), run_control=True)
+    tracking: str = _setting("mlflow", checks.one_of(TRACKING), run_control=True)
+    heartbeat: int = _setting(20, checks.int_at_least(1), run_control=True)
     # How long a worker waits for a study database that went away before it stops.
-    storage_patience: float = _setting(120, _positive, run_control=True)
-    top_k: int = _setting(5, _int_at_least(1), run_control=True)
-    ensemble: str = _setting("select", _one_of(ENSEMBLES), run_control=True)
-    tta: str = _setting("none", _one_of(TTA_MODES), run_control=True)
-    metric: str = _setting(_DEFAULT.metric, _metric, trainer=True, fixed_because=_DIRECTION)
-    seed: int = _setting(_DEFAULT.seed, _integer, trainer=True)
+    storage_patience: float = _setting(120, checks.seconds, run_control=True)
+    top_k: int = _setting(5, checks.int_at_least(1), run_control=True)
+    ensemble: str = _setting("select", checks.one_of(ENSEMBLES), run_control=True)
+    tta: str = _setting("none", checks.one_of(TTA_MODES), run_control=True)
+    metric: str = _trainer("metric", fixed_because=_DIRECTION)
+    seed: int = _trainer("seed")
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting by name, in declaration order (the values themselves, not copies)."""

@@ -16,15 +16,15 @@ import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 from optuna.distributions import CategoricalDistribution, IntDistribution, distribution_to_json
 
 from search.space import Searched, SpaceError
 from search.space.baselines import check_baselines
 from search.space.settings import SETTINGS, StudySettings
+from trainer import checks
 from trainer.config import TrainConfig, field_names
-from trainer.errors import ConfigError
 
 # TrainConfig fields that depend on the machine, not on the experiment.
 HARDWARE_FIELDS = ("device", "amp", "channels_last", "num_workers", "threads", "eval_batch_size")
@@ -268,12 +268,10 @@ def _check_field(name: str, value: Any, where: str) -> Any:
         raise SpaceError(f"{where}: {name} takes integers; search it with intrange() or choice().")
     candidates = value.values_to_check() if isinstance(value, Searched) else (value,)
     for candidate in candidates:
-        if not _fits(candidate, _HINTS[name]):
-            raise SpaceError(f"{where}: {name}={candidate!r} {_expected(name)}.")
-        try:
-            TrainConfig(**{name: candidate})
-        except ConfigError as err:
-            raise SpaceError(f"{where}: {str(err).rstrip('.')}.") from None
+        # The same check `TrainConfig` makes of its fields (`trainer.checks`).
+        problem = checks.field_problem(name, candidate, _HINTS[name])
+        if problem:
+            raise SpaceError(f"{where}: {problem}.")
     return value
 
 
@@ -285,30 +283,6 @@ def _int_distribution(value: Searched) -> bool:
     if isinstance(value.distribution, CategoricalDistribution):
         return True  # each choice is type-checked on its own
     return isinstance(value.distribution, IntDistribution)
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin = get_origin(hint)
-    if origin is Literal:
-        return any(value == arg and type(value) is type(arg) for arg in get_args(hint))
-    if origin in (Union, types.UnionType):
-        return any(_fits(value, arg) for arg in get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _expected(name: str) -> str:
-    hint = _HINTS[name]
-    if get_origin(hint) is Literal:
-        return "is not allowed; use one of " + ", ".join(map(repr, get_args(hint)))
-    names = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
-    parts = [names.get(arg, "None") for arg in get_args(hint) or (hint,)]
-    return "has the wrong type; it must be " + " or ".join(parts)
 
 
 def _check_conditions(
@@ -328,7 +302,7 @@ def _check_condition_value(
     name: str, other: str, value: Any, other_searched: Searched | None, where: str
 ) -> None:
     if other_searched is None:
-        possible = _fits(value, _HINTS[other])
+        possible = checks.fits(value, _HINTS[other])
     elif isinstance(other_searched.distribution, CategoricalDistribution):
         possible = value in other_searched.distribution.choices
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import textwrap
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from search.space import SpaceError
 from search.space.settings import SETTINGS, StudySettings
 from search.space.spacefile import load_space
+from trainer.config import TrainConfig
+from trainer.errors import ConfigError
 
 HEADER = "from search.space import choice, intrange, loguniform, uniform\n"
 
@@ -111,3 +114,25 @@ def test_the_identity_of_existing_studies_is_unchanged(tmp_path, body, fixed, fi
     space = load_space(path)
     assert space.identity()["fixed"] == fixed
     assert space.fingerprint() == fingerprint
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "epochs = 0",
+        "epochs = 2.5",
+        "optimizer = 'adamx'",
+        "dropout = 1.5",
+        "class_weights = 'even'",
+        "grad_clip = 0.0",
+        "metric = 'auc'",
+        "seed = 1.5",
+    ],
+)
+def test_a_space_file_and_train_config_say_the_same(tmp_path, line):
+    # One check (trainer.checks) for both: the space file only adds where the value is.
+    name, _, text = line.partition(" = ")
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(**{name: ast.literal_eval(text)})
+    path = write(tmp_path, line + "\n")
+    assert error_of(path) == f"{path}:2: {caught.value}"
