@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 def _metric(space: Path, overrides: list[str]) -> str:
     from search.space.spacefile import load_space
 
-    return load_space(space, overrides).config({}).metric
+    return load_space(space, overrides).settings.metric
 
 
 def _at_least_as_good(hpo: float, ref: float, metric: str) -> str:

@@ -211,8 +211,8 @@ class Reference:
         self.settings = space.settings
         self.targets = np.array(datasets.ImageFolder(folder).targets)
         self.classes = int(self.targets.max()) + 1
-        seed = space.config({}).seed
-        splitter = StratifiedKFold(self.settings["folds"], shuffle=True, random_state=seed)
+        seed = space.settings.seed
+        splitter = StratifiedKFold(self.settings.folds, shuffle=True, random_state=seed)
         self.folds = list(splitter.split(np.zeros(len(self.targets)), self.targets))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.epochs_trained = 0
@@ -346,11 +346,11 @@ def ignored_fields(space: Space) -> list[str]:
 def run_reference(space: Space, *, trials: int, workdir: Path, workers: int) -> ReferenceResult:
     """Run the hand-written study to ``trials`` trials and summarise it."""
     started = time.perf_counter()
-    seed = space.config({}).seed
+    seed = space.settings.seed
     torch.manual_seed(seed)
-    folder = image_folder(space.settings["data"], workdir)
+    folder = image_folder(space.settings.data, workdir)
     objective = Reference(space, folder, workers=workers, log=workdir / "reference_log.csv")
-    direction = "minimize" if space.config({}).metric == "log_loss" else "maximize"
+    direction = "minimize" if space.settings.metric == "log_loss" else "maximize"
     study = optuna.create_study(
         direction=direction,
         sampler=optuna.samplers.TPESampler(seed=seed),
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = common.set_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(args.space, overrides)
-    trials = trials or space.settings["trials"]
+    trials = trials or space.settings.trials
     workdir = args.workdir.absolute() / "reference"
     workdir.mkdir(parents=True, exist_ok=True)
     skipped = ignored_fields(space)
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         ["trials pruned", f"{result.pruned}"],
         ["epochs trained", f"{result.epochs}"],
     ]
-    common.print_table(f"reference study on {space.settings['data']}", ["what", "value"], rows)
+    common.print_table(f"reference study on {space.settings.data}", ["what", "value"], rows)
     print(f"best params: {result.best_params}; per-epoch log: {workdir / 'reference_log.csv'}")
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2))

@@ -1,6 +1,7 @@
 """The trainer's only input: one frozen `TrainConfig`.
 
-Every field can be fixed or searched in a space file. ``None`` means "the library's default",
+Every field but ``metric`` and ``seed`` (study settings, see `TrainConfig`) can be fixed or
+searched in a space file. ``None`` means "the library's default",
 resolved at training time (for example the device, mixed precision or loader workers).
 """
 
@@ -10,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from trainer import checks
 from trainer.errors import ConfigError
 
 Loss = Literal["ce", "focal", "label_smoothing"]
@@ -67,6 +69,10 @@ class TrainConfig:
         metric: Validation metric that scores a fold and picks its best epoch (``log_loss`` is
             minimised, the others maximised).
         seed: Seed for weights, batch order and augmentation.
+
+    ``metric`` and ``seed`` are one value for a whole study, so a space file sets them as study
+    settings; the study copies them into every trial's config, and the trainer, which knows
+    nothing of studies, reads them here like any other field.
         device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks cuda, then mps, then cpu.
         amp: Mixed precision; ``None`` means on for CUDA.
         channels_last: Channels-last memory format; ``None`` means on for CUDA.
@@ -112,8 +118,10 @@ class TrainConfig:
     eval_batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        for problem in _problems(self):
-            raise ConfigError(problem)
+        # The same checks a space file's values get (`trainer.checks`), for direct users.
+        problem = checks.config_problem(self)
+        if problem:
+            raise ConfigError(f"{problem}.")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """Return a copy with ``changes`` applied (validated like the original)."""
@@ -127,50 +135,3 @@ class TrainConfig:
 def field_names() -> tuple[str, ...]:
     """Names of every `TrainConfig` field, in declaration order."""
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
-_LITERALS: dict[str, Any] = {
-    "finetune": Finetune,
-    "optimizer": Optimizer,
-    "scheduler": Scheduler,
-    "loss": Loss,
-    "augment": Augment,
-    "metric": Metric,
-    "class_weights": Literal["balanced", None],
-}
-
-_POSITIVE = ("image_size", "epochs", "batch_size", "grad_accum", "lr", "step_size")
-_FRACTIONS = ("dropout", "drop_path", "label_smoothing")
-_NON_NEGATIVE = ("weight_decay", "momentum", "warmup_epochs", "focal_gamma")
-
-
-def _problems(config: TrainConfig) -> list[str]:
-    """Every reason ``config`` is invalid, as sentences that name the field and the fix."""
-    problems = []
-    for name, hint in _LITERALS.items():
-        value = getattr(config, name)
-        if value not in get_args(hint):
-            allowed = ", ".join(repr(v) for v in get_args(hint))
-            problems.append(f"{name}={value!r} is not one of {allowed}; use one of those.")
-    for name in _POSITIVE:
-        if not getattr(config, name) > 0:
-            problems.append(f"{name}={getattr(config, name)!r} must be greater than 0.")
-    for name in _FRACTIONS:
-        if not 0.0 <= getattr(config, name) < 1.0:
-            problems.append(f"{name}={getattr(config, name)!r} must be in [0, 1).")
-    for name in _NON_NEGATIVE:
-        if getattr(config, name) < 0:
-            problems.append(f"{name}={getattr(config, name)!r} must not be negative.")
-    if config.epochs > 1000:
-        problems.append(f"epochs={config.epochs!r} must be at most 1000.")
-    if not 0.0 < config.step_gamma <= 1.0:
-        problems.append(f"step_gamma={config.step_gamma!r} must be in (0, 1].")
-    if config.grad_clip is not None and config.grad_clip <= 0:
-        problems.append(f"grad_clip={config.grad_clip!r} must be positive, or None to disable.")
-    if config.eval_batch_size is not None and config.eval_batch_size < 1:
-        problems.append(f"eval_batch_size={config.eval_batch_size!r} must be at least 1, or None.")
-    if config.patience is not None and config.patience < 1:
-        problems.append(f"patience={config.patience!r} must be at least 1, or None to disable.")
-    if not isinstance(config.pretrained, bool | str):
-        problems.append("pretrained must be False, True or the path of a weights file.")
-    return problems

@@ -79,7 +79,7 @@ class Objective:
         images = self.data.images(config.image_size)
         settings = self.space.settings
         reporter = RungReporter(
-            trial, Rungs.of(settings), epochs=config.epochs, p=settings["pruner_p"]
+            trial, Rungs.of(settings), epochs=config.epochs, p=settings.pruner_p
         )
         scores: list[float] = []
         started, epochs = time.perf_counter(), 0

@@ -21,7 +21,6 @@ from search.engine.runner import RunLimits, optimize
 from search.export.checkpoints import trial_dir
 from search.hooks import HookList, Hooks
 from search.keys import BASELINE, STOPPED
-from search.space.settings import SETTINGS
 from search.space.spacefile import Space, load_space
 from search.study.data import StudyData
 from search.study.report import make_console, trials_table
@@ -54,29 +53,28 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     check_backbones(space)
     check_weights(space)
     place = StudyPlace.of(request.study or space.name, request.storage)
-    table = load_table(space.settings["data"])
-    heartbeat = request.heartbeat or space.settings["heartbeat"]
-    patience = space.settings["storage_patience"]
+    table = load_table(space.settings.data)
+    heartbeat = request.heartbeat or space.settings.heartbeat
+    patience = space.settings.storage_patience
     storage = open_storage(place.storage_url, heartbeat=heartbeat, patience=patience)
     space = resolve_holdout(storage, place, space, table)  # what the study stores
     check_study(storage, place, space, table)  # before decoding: a mismatch fails in seconds
     check_images(space, table, progress=request.progress)
-    process_seed = _process_seed(request, space.config({}).seed)
+    process_seed = _process_seed(request, space.settings.seed)
     study = open_study(storage, place, space, table, process_seed=process_seed)
     # `hpo export` reads the latest run-control settings (top_k, tta, tracking) from here.
-    run_control = {k: v for k, v in space.settings.items() if SETTINGS[k].run_control}
-    study.set_user_attr("hpo.run_control", run_control)
+    study.set_user_attr("hpo.run_control", space.settings.run_control())
     console = console or make_console()
     if request.worker == 0:  # workers find them in the storage
         seed_trials(request, study, space, place, console)
     fold_of = stored_folds(study)
     if len(fold_of) != len(table):
         raise StudyError(f"Study '{place.name}' stores splits for another dataset size.")
-    splits = fold_splits(np.asarray(fold_of), space.settings["folds"])
+    splits = fold_splits(np.asarray(fold_of), space.settings.folds)
     data = StudyData(
         table, splits, splits_id(fold_of), progress=request.progress, folder=place.folder
     )
-    target = request.trials or space.settings["trials"]
+    target = request.trials or space.settings.trials
     return StudyRun(request, space, place, table, study, data, target, console)
 
 
@@ -86,7 +84,7 @@ def seed_trials(
     """What a study starts from: another study's finished trials, then the space's baselines."""
     if request.warm_start:
         copy_trials(request.warm_start, request.storage, study, space, place, console)
-    queued = enqueue_baselines(study, space.settings["baselines"])
+    queued = enqueue_baselines(study, space.settings.baselines)
     if queued:
         console.print(f"Queued {queued} baseline configurations of the space file to run first.")
 
@@ -193,13 +191,13 @@ def run(
     settings = current.space.settings
     limits = RunLimits(
         target=current.target,
-        timeout=request.timeout or settings["timeout"],
-        max_failures=settings["max_failures"],
-        poll_seconds=min(5.0, settings["heartbeat"] / 2),
-        patience=settings["patience_trials"],
+        timeout=request.timeout or settings.timeout,
+        max_failures=settings.max_failures,
+        poll_seconds=min(5.0, settings.heartbeat / 2),
+        patience=settings.patience_trials,
     )
     progress = Progress(
-        current.study, target=current.target, folds=settings["folds"], console=current.console
+        current.study, target=current.target, folds=settings.folds, console=current.console
     )
     observers = observers_for(current, default_hooks() if hooks is None else hooks, progress)
     objective = Objective(current.space, current.data, observers)

@@ -184,10 +184,10 @@ def watch(current: StudyRun, workers: Sequence[Worker], *, every: float = 2.0) -
 
 def _outcome(current: StudyRun, workers: Sequence[Worker]) -> str:
     finished, _ = count_trials(current.study)
-    timeout = current.request.timeout or current.space.settings["timeout"]
+    timeout = current.request.timeout or current.space.settings.timeout
     codes = {w.index: w.process.returncode for w in workers}
     timed, logs = timeout is not None, workers[0].log.parent
-    reason = stagnation(current.study, current.space.settings["patience_trials"])
+    reason = stagnation(current.study, current.space.settings.patience_trials)
     if finished < current.target and reason:  # the workers stopped: the study stopped improving
         current.console.print(f"Stopped early: {reason}.")
         return "patience"

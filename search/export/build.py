@@ -95,11 +95,11 @@ def build_export(
         ConfigError: ``tta`` or ``ensemble`` is not a known mode.
         NothingToExport: No complete trial, or a chosen trial whose checkpoints are gone.
     """
-    tta = tta or source.settings["tta"]
+    tta = tta or source.settings.tta
     tta_views(tta)  # a wrong mode fails before any work
-    mode = _mode(ensemble or source.settings["ensemble"])
-    candidates = _chosen(source, 1 if mode == "best" else top_k or source.settings["top_k"])
-    folds, metric = source.settings["folds"], _metric(candidates)
+    mode = _mode(ensemble or source.settings.ensemble)
+    candidates = _chosen(source, 1 if mode == "best" else top_k or source.settings.top_k)
+    folds, metric = source.settings.folds, _metric(candidates)
     numbers = [t.number for t in candidates]
     cv = cross_validated(source.place.folder, numbers, folds)
     chosen = select(cv.probs, cv.labels, metric) if mode == "select" else _alone(cv, metric)
@@ -162,7 +162,7 @@ def _chosen(source: StudySource, top_k: int) -> list[FrozenTrial]:
 
 def _has_checkpoints(source: StudySource, trial: FrozenTrial) -> bool:
     folder = trial_dir(source.place.folder, trial.number)
-    return all(oof_path(folder, k).is_file() for k in range(source.settings["folds"]))
+    return all(oof_path(folder, k).is_file() for k in range(source.settings.folds))
 
 
 def _write_members(
@@ -180,7 +180,7 @@ def _write_members(
     specs = []
     for trial, count in zip(trials, counts, strict=True):
         if count:
-            share = count / total / source.settings["folds"]
+            share = count / total / source.settings.folds
             specs += _trial_members(source, trial, len(classes), share, staging)
     info = {
         "study": source.place.name,
@@ -209,7 +209,7 @@ def _trial_members(
     model = build_model(config.replace(pretrained=False), classes, architecture=architecture)
     mean, std = normalization(model)
     specs = []
-    for fold in range(source.settings["folds"]):
+    for fold in range(source.settings.folds):
         name = f"trial{trial.number}-fold{fold}"
         checkpoint = weights_path(trial_dir(source.place.folder, trial.number), fold)
         if staging is None:

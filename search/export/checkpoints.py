@@ -202,6 +202,6 @@ def checkpoint_hook(run: StudyRun) -> Hooks:
     return CheckpointHook(
         run.place.folder,
         labels=run.table.labels,
-        top_k=run.space.settings["top_k"],
+        top_k=run.space.settings.top_k,
         console=run.console,
     )

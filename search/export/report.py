@@ -8,7 +8,7 @@ by `hpo export`, written to report.md, and logged to MLflow as flat metrics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from search import keys
-from search.space.settings import SETTINGS
+from search.space.settings import StudySettings
 from search.space.spacefile import HARDWARE_FIELDS
 from trainer import metrics
 from trainer.manifest import Manifest
@@ -288,13 +288,12 @@ def flat_metrics(scores: ExportScores) -> dict[str, float]:
 # --- best_space.py ---------------------------------------------------------------------------
 
 
-def _space_settings(settings: Mapping[str, Any], tta: str) -> dict[str, Any]:
-    kept = {k: v for k, v in settings.items() if k == "data" or not SETTINGS[k].run_control}
-    return {**kept, "trials": 1, "tta": tta}
+def _space_settings(settings: StudySettings, tta: str) -> dict[str, Any]:
+    return {"data": settings.data, **settings.identity(), "trials": 1, "tta": tta}
 
 
 def best_space_text(
-    study: str, settings: Mapping[str, Any], trial: FrozenTrial, *, tta: str = "none"
+    study: str, settings: StudySettings, trial: FrozenTrial, *, tta: str = "none"
 ) -> str:
     """A space file with the study's settings and every value of ``trial`` fixed."""
     config = trial.user_attrs["config"]

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 
-from search.space.settings import SETTINGS
+from search.space.settings import SETTINGS, StudySettings
 from search.study.storage import StudyError, StudyPlace, load_hpo_study
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class StudySource:
 
     study: optuna.Study
     place: StudyPlace
-    settings: Mapping[str, Any]
+    settings: StudySettings
     labels: Callable[[], np.ndarray]
     images: Callable[[int], np.ndarray]
 
@@ -54,11 +54,11 @@ def storage_source(name: str, *, storage: str | None, data: str | None) -> Study
     place = StudyPlace.of(name, storage)
     study = load_hpo_study(place)
     settings = stored_settings(study)
-    reader = _DataReader(study, data or settings["data"])
+    reader = _DataReader(study, data or settings.data)
     return StudySource(study, place, settings, reader.labels, reader.images)
 
 
-def stored_settings(study: optuna.Study) -> dict[str, Any]:
+def stored_settings(study: optuna.Study) -> StudySettings:
     """The study's settings from its storage alone.
 
     Identity settings come from the stored identity. Run control (``top_k``, ``ensemble``,
@@ -67,12 +67,14 @@ def stored_settings(study: optuna.Study) -> dict[str, Any]:
     literal assignments of the stored space file, read without running it.
     """
     attrs = study.user_attrs
-    settings = {name: s.default for name, s in SETTINGS.items()}
-    settings.update(_literal_settings(attrs.get("hpo.space_source", "")))
+    settings = _literal_settings(attrs.get("hpo.space_source", ""))
     settings.update(attrs.get("hpo.run_control", {}))
     settings.update(attrs["hpo.identity"]["settings"])
+    # metric and seed, where the study fixed them, are stored with the fixed values.
+    fixed = attrs["hpo.identity"].get("fixed", {})
+    settings.update({k: v for k, v in fixed.items() if k in SETTINGS and SETTINGS[k].trainer})
     settings["data"] = attrs["hpo.data"]
-    return settings
+    return StudySettings.from_dict(settings)
 
 
 def _literal_settings(source: str) -> dict[str, Any]:

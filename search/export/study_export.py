@@ -59,7 +59,7 @@ def export_study(
     from search.export.build import export
     from search.export.source import run_source
 
-    log = run.space.settings["tracking"] == "mlflow"
+    log = run.space.settings.tracking == "mlflow"
     return export(
         run_source(run), top_k=top_k, tta=tta, ensemble=ensemble, console=run.console, mlflow=log
     )
@@ -97,7 +97,7 @@ def export_from_storage(
     from search.study.report import make_console
 
     source = storage_source(name, storage=storage, data=data)
-    log = source.settings["tracking"] == "mlflow" if mlflow is None else mlflow
+    log = source.settings.tracking == "mlflow" if mlflow is None else mlflow
     console = console or make_console(stderr=False)
     return export(source, top_k=top_k, tta=tta, ensemble=ensemble, console=console, mlflow=log)
 

@@ -14,22 +14,20 @@ import runpy
 import traceback
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 from optuna.distributions import CategoricalDistribution, IntDistribution, distribution_to_json
 
 from search.space import Searched, SpaceError
 from search.space.baselines import check_baselines
-from search.space.settings import SETTINGS
+from search.space.settings import SETTINGS, StudySettings
+from trainer import checks
 from trainer.config import TrainConfig, field_names
-from trainer.errors import ConfigError
 
 # TrainConfig fields that depend on the machine, not on the experiment.
 HARDWARE_FIELDS = ("device", "amp", "channels_last", "num_workers", "threads", "eval_batch_size")
-# TrainConfig fields a study cannot search, and why: the metric sets the study's direction.
-FIXED_FIELDS = {"metric": "it decides whether the study maximises or minimises its score"}
 _HINTS = get_type_hints(TrainConfig)
 _DEFAULTS = TrainConfig().to_dict()
 
@@ -41,14 +39,17 @@ class Space:
     Attributes:
         path: The space file.
         settings: Every study setting (see `search.space.settings`), defaults filled in.
-        fixed: `TrainConfig` fields given a literal value.
+        fixed: `TrainConfig` fields given a literal value (``metric`` and ``seed`` are
+            settings, not fixed fields; `literals` has them all).
         searched: Searched parameters in an order where conditions come first.
+        given: The names the space file or the command line assigned.
     """
 
     path: Path
-    settings: Mapping[str, Any]
+    settings: StudySettings
     fixed: Mapping[str, Any]
     searched: Mapping[str, Searched]
+    given: frozenset[str] = field(default=frozenset())
 
     @property
     def name(self) -> str:
@@ -60,9 +61,14 @@ class Space:
         """Whether some parameter exists only under a condition."""
         return any(s.when for s in self.searched.values())
 
+    @property
+    def literals(self) -> dict[str, Any]:
+        """Every `TrainConfig` value no trial samples: the fixed fields, ``metric`` and ``seed``."""
+        return {**self.fixed, **self.settings.for_trainer()}
+
     def sample(self, trial: Any) -> dict[str, Any]:
         """Ask ``trial`` for every parameter whose conditions hold; returns only those."""
-        resolved = {**_DEFAULTS, **self.fixed}
+        resolved = {**_DEFAULTS, **self.literals}
         params = {}
         for name, searched in self.searched.items():
             if searched.active(resolved):
@@ -70,14 +76,20 @@ class Space:
         return params
 
     def config(self, params: Mapping[str, Any]) -> TrainConfig:
-        """The `TrainConfig` of a trial: defaults, then fixed values, then ``params``."""
-        return TrainConfig(**{**self.fixed, **params})
+        """The `TrainConfig` of a trial: defaults, then `literals`, then ``params``."""
+        return TrainConfig(**{**self.literals, **params})
 
     def identity(self) -> dict[str, Any]:
-        """What makes two runs the same study (JSON-safe); hardware and run control excluded."""
+        """What makes two runs the same study (JSON-safe); hardware and run control excluded.
+
+        ``metric`` and ``seed`` count under ``fixed`` and only where the space gives them, as
+        when they were `TrainConfig` fields: the fingerprints of existing studies stay valid.
+        """
+        trainer = {k: v for k, v in self.settings.for_trainer().items() if k in self.given}
+        fixed = {**self.fixed, **trainer}
         return {
-            "settings": {k: v for k, v in self.settings.items() if _identity_setting(k)},
-            "fixed": {k: v for k, v in self.fixed.items() if k not in HARDWARE_FIELDS},
+            "settings": self.settings.identity(),
+            "fixed": {k: v for k, v in fixed.items() if k not in HARDWARE_FIELDS},
             "searched": {
                 name: {"distribution": distribution_to_json(s.distribution), "when": s.when}
                 for name, s in self.searched.items()
@@ -90,14 +102,9 @@ class Space:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _identity_setting(name: str) -> bool:
-    # The data location may differ between machines; its contents are compared separately.
-    return name != "data" and not SETTINGS[name].run_control
-
-
 def known_names() -> tuple[str, ...]:
     """Every name a space file may assign."""
-    return (*SETTINGS, *field_names())
+    return tuple(dict.fromkeys((*SETTINGS, *field_names())))
 
 
 def load_space(path: str | Path, overrides: Sequence[str] = ()) -> Space:
@@ -203,7 +210,7 @@ def _literal(text: str) -> Any:
 
 
 def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Space:
-    settings = {name: s.default for name, s in SETTINGS.items()}
+    settings: dict[str, Any] = {}
     fixed: dict[str, Any] = {}
     searched: dict[str, Searched] = {}
     for name, value in values.items():
@@ -216,13 +223,15 @@ def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Spac
             raise SpaceError(f"{where[name]}: unknown name '{name}'{_did_you_mean(name)}")
     for name in searched:
         _check_conditions(name, searched, fixed, where[name])
-    if settings["baselines"]:
-        # Values that no trial samples: the fixed ones and the defaults of the rest.
-        known = {k: v for k, v in {**_DEFAULTS, **fixed}.items() if k not in searched}
-        settings["baselines"] = check_baselines(
-            settings["baselines"], searched, known, where["baselines"]
-        )
-    return Space(path, settings, fixed, _ordered(searched, where))
+    space = Space(
+        path, StudySettings(**settings), fixed, _ordered(searched, where), frozenset(values)
+    )
+    if space.settings.baselines:
+        # Values that no trial samples: the literal ones and the defaults of the rest.
+        known = {k: v for k, v in {**_DEFAULTS, **space.literals}.items() if k not in searched}
+        checked = check_baselines(space.settings.baselines, searched, known, where["baselines"])
+        space = replace(space, settings=replace(space.settings, baselines=checked))
+    return space
 
 
 def _did_you_mean(name: str) -> str:
@@ -237,6 +246,13 @@ def _did_you_mean(name: str) -> str:
 
 def _check_setting(name: str, value: Any, where: str) -> Any:
     if isinstance(value, Searched):
+        because = SETTINGS[name].fixed_because
+        if because:
+            example = f"{name} = {SETTINGS[name].default!r}"
+            raise SpaceError(
+                f"{where}: '{name}' cannot be searched: {because}, so it is fixed for the whole "
+                f"study; give it one value, e.g. {example}."
+            )
         raise SpaceError(
             f"{where}: '{name}' cannot be searched: it is fixed for the whole study; "
             "give it one value."
@@ -248,22 +264,14 @@ def _check_setting(name: str, value: Any, where: str) -> Any:
 
 
 def _check_field(name: str, value: Any, where: str) -> Any:
-    if isinstance(value, Searched) and name in FIXED_FIELDS:
-        example = f"{name} = {_DEFAULTS[name]!r}"
-        raise SpaceError(
-            f"{where}: '{name}' cannot be searched: {FIXED_FIELDS[name]}, so it is fixed for "
-            f"the whole study; give it one value, e.g. {example}."
-        )
     if isinstance(value, Searched) and _is_int(name) and not _int_distribution(value):
         raise SpaceError(f"{where}: {name} takes integers; search it with intrange() or choice().")
     candidates = value.values_to_check() if isinstance(value, Searched) else (value,)
     for candidate in candidates:
-        if not _fits(candidate, _HINTS[name]):
-            raise SpaceError(f"{where}: {name}={candidate!r} {_expected(name)}.")
-        try:
-            TrainConfig(**{name: candidate})
-        except ConfigError as err:
-            raise SpaceError(f"{where}: {str(err).rstrip('.')}.") from None
+        # The same check `TrainConfig` makes of its fields (`trainer.checks`).
+        problem = checks.field_problem(name, candidate, _HINTS[name])
+        if problem:
+            raise SpaceError(f"{where}: {problem}.")
     return value
 
 
@@ -275,30 +283,6 @@ def _int_distribution(value: Searched) -> bool:
     if isinstance(value.distribution, CategoricalDistribution):
         return True  # each choice is type-checked on its own
     return isinstance(value.distribution, IntDistribution)
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin = get_origin(hint)
-    if origin is Literal:
-        return any(value == arg and type(value) is type(arg) for arg in get_args(hint))
-    if origin in (Union, types.UnionType):
-        return any(_fits(value, arg) for arg in get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _expected(name: str) -> str:
-    hint = _HINTS[name]
-    if get_origin(hint) is Literal:
-        return "is not allowed; use one of " + ", ".join(map(repr, get_args(hint)))
-    names = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
-    parts = [names.get(arg, "None") for arg in get_args(hint) or (hint,)]
-    return "has the wrong type; it must be " + " or ".join(parts)
 
 
 def _check_conditions(
@@ -318,7 +302,7 @@ def _check_condition_value(
     name: str, other: str, value: Any, other_searched: Searched | None, where: str
 ) -> None:
     if other_searched is None:
-        possible = _fits(value, _HINTS[other])
+        possible = checks.fits(value, _HINTS[other])
     elif isinstance(other_searched.distribution, CategoricalDistribution):
         possible = value in other_searched.distribution.choices
     else:

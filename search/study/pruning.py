@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.keys import FOLD_SCORES, SCORE_STD
+from search.space.settings import StudySettings
 
 Values = dict[int, float]
 _PEERS = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -63,9 +64,9 @@ class Rungs:
     folds: int
 
     @classmethod
-    def of(cls, settings: Mapping[str, Any]) -> Rungs:
+    def of(cls, settings: StudySettings) -> Rungs:
         """The rungs of a space's settings (``pruner_epoch_rungs`` and ``folds``)."""
-        return cls(tuple(settings["pruner_epoch_rungs"]), settings["folds"])
+        return cls(tuple(settings.pruner_epoch_rungs), settings.folds)
 
     def epoch_steps(self, epochs: int) -> dict[int, int]:
         """``{epoch index (0-based): step}`` of the first fold for a schedule of ``epochs``.

@@ -211,18 +211,18 @@ def open_study(
     """
     settings = space.settings
     pruner = build_pruner(
-        settings["pruner"],
+        settings.pruner,
         rungs=Rungs.of(settings),
-        min_peers=settings["pruner_startup_trials"],
-        p=settings["pruner_p"],
+        min_peers=settings.pruner_startup_trials,
+        p=settings.pruner_p,
     )
-    direction = DIRECTIONS[space.config({}).metric]
+    direction = DIRECTIONS[space.settings.metric]
     study = optuna.create_study(
         study_name=place.name,
         storage=storage,
         sampler=build_sampler(
-            settings["sampler"],
-            seed=space.config({}).seed,
+            settings.sampler,
+            seed=space.settings.seed,
             process_seed=process_seed,
             grouped=space.conditional,
             space={name: s.distribution for name, s in space.searched.items()},
@@ -244,7 +244,7 @@ def resolve_holdout(
     the data has at least `HOLDOUT_MIN_IMAGES` images, else 0. The resolved value is part of the
     identity, so the fingerprint stays that of the study.
     """
-    if space.settings["holdout"] is not None:
+    if space.settings.holdout is not None:
         return space
     try:
         stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
@@ -253,7 +253,7 @@ def resolve_holdout(
     value = stored.get("hpo.identity", {}).get("settings", {}).get("holdout")
     if value is None:
         value = default_holdout(len(table))
-    return replace(space, settings={**space.settings, "holdout": value})
+    return replace(space, settings=replace(space.settings, holdout=value))
 
 
 def default_holdout(images: int) -> float:
@@ -263,7 +263,7 @@ def default_holdout(images: int) -> float:
 
 def holdout_note(space: Space, images: int) -> str | None:
     """What to tell the user when the study has no holdout (its scores are then optimistic)."""
-    if space.settings["holdout"]:
+    if space.settings.holdout:
         return None
     return (
         f"No holdout ({images} images; hpo keeps one by default from {HOLDOUT_MIN_IMAGES:,}): "
@@ -327,14 +327,14 @@ def new_folds(space: Space, table: ImageTable) -> np.ndarray:
         table.labels,
         table.groups,
         table.classes,
-        folds=space.settings["folds"],
+        folds=space.settings.folds,
         holdout=_holdout(space, table),
-        seed=space.config({}).seed,
+        seed=space.settings.seed,
     )
 
 
 def _holdout(space: Space, table: ImageTable) -> float:
-    value = space.settings["holdout"]
+    value = space.settings.holdout
     return default_holdout(len(table)) if value is None else value
 
 

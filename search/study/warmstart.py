@@ -74,7 +74,7 @@ def check_source(study: optuna.Study, source: optuna.Study, name: str, space: Sp
         raise StudyError(f"Study '{name}' optimises in the other direction; pick another study.")
     old_identity = attrs.get("hpo.identity", {})
     old = _resolved_fixed(old_identity.get("fixed", {}), set(old_identity.get("searched", {})))
-    new = _resolved_fixed(dict(space.fixed), set(space.searched))
+    new = _resolved_fixed(space.literals, set(space.searched))
     both = sorted(old.keys() & new.keys())
     differ = [f"{k}={old[k]!r} there, {new[k]!r} here" for k in both if old[k] != new[k]]
     if differ:
@@ -87,11 +87,11 @@ def check_source(study: optuna.Study, source: optuna.Study, name: str, space: Sp
 def translate(trial: FrozenTrial, old_fixed: dict[str, Any], space: Space) -> dict | None:
     """The new space's parameters for ``trial``, or None if the new space cannot express it."""
     values = {**_DEFAULTS, **old_fixed, **trial.params}
-    new_fixed = _resolved_fixed(dict(space.fixed), set(space.searched))
+    new_fixed = _resolved_fixed(space.literals, set(space.searched))
     if any(_jsonish(values.get(k)) != v for k, v in new_fixed.items()):
         return None  # it searched a value this space fixes otherwise
     params: dict[str, Any] = {}
-    resolved = {**_DEFAULTS, **space.fixed}
+    resolved = {**_DEFAULTS, **space.literals}
     for name, searched in space.searched.items():
         if not searched.active(resolved):
             continue
@@ -132,7 +132,7 @@ def warm_start(study: optuna.Study, source: optuna.Study, name: str, space: Spac
     check_source(study, source, name, space)
     identity = source.user_attrs.get("hpo.identity", {})
     same_rungs = _jsonish(identity.get("settings", {}).get("pruner_epoch_rungs")) == _jsonish(
-        space.settings["pruner_epoch_rungs"]
+        space.settings.pruner_epoch_rungs
     )
     old_fixed = dict(identity.get("fixed", {}))
     finished = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))

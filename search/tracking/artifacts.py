@@ -72,8 +72,8 @@ def study_run_tags(run: StudyRun, key: str) -> dict[str, str]:
         keys.KIND_TAG: keys.KIND_STUDY,
         keys.STUDY_TAG: run.place.name,
         keys.STUDY_KEY_TAG: key,
-        keys.DATA_TAG: str(space.settings["data"]),
-        keys.METRIC_TAG: space.config({}).metric,
+        keys.DATA_TAG: str(space.settings.data),
+        keys.METRIC_TAG: space.settings.metric,
         keys.DIRECTION_TAG: run.study.direction.name.lower(),
         keys.SPLITS_ID_TAG: str(attrs.get(keys.SPLITS_ID_ATTR)),
         keys.SEARCHED_TAG: ",".join(space.searched),
@@ -83,11 +83,7 @@ def study_run_tags(run: StudyRun, key: str) -> dict[str, str]:
 
 def study_params(run: StudyRun) -> dict[str, str]:
     """Settings that define the study: the same on every resume (MLflow params cannot change)."""
-    from search.space.settings import SETTINGS
-
-    settings = run.space.settings
-    names = [k for k in SETTINGS if k != "data" and not SETTINGS[k].run_control]
-    return {k: param_value(settings[k]) for k in names}
+    return {k: param_value(v) for k, v in run.space.settings.identity().items()}
 
 
 def trial_run_tags(run: StudyRun, trial: optuna.Trial, config: TrainConfig) -> dict[str, str]:

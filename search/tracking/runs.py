@@ -179,7 +179,7 @@ def study_tables(study: optuna.Study, run: StudyRun, *, plots: bool = True) -> S
     trials = visible_trials(study)
     drawn: dict[str, Figure | None] = {}
     if plots:
-        drawn = study_plots.study_figures(study, trials, metric=run.space.config({}).metric)
+        drawn = study_plots.study_figures(study, trials, metric=run.space.settings.metric)
     return StudyTables(trials, drawn, content.study_values(study, trials))
 
 

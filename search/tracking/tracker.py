@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 def tracking_hook(run: StudyRun) -> Hooks:
     """The tracking hook of a run: MLflow, unless the space says ``tracking = "none"``."""
-    if run.space.settings["tracking"] == "none":
+    if run.space.settings.tracking == "none":
         return Hooks()
     return MlflowTracker(run)
 

@@ -49,23 +49,23 @@ def new_study(space: Space, seed: int = 0) -> optuna.Study:
     return optuna.create_study(
         direction="maximize",
         sampler=build_sampler(
-            settings["sampler"],
+            settings.sampler,
             seed=seed,
             process_seed=seed,
             grouped=space.conditional,
             space={name: s.distribution for name, s in space.searched.items()},
         ),
         pruner=build_pruner(
-            settings["pruner"],
+            settings.pruner,
             rungs=Rungs.of(settings),
-            min_peers=settings["pruner_startup_trials"],
-            p=settings["pruner_p"],
+            min_peers=settings.pruner_startup_trials,
+            p=settings.pruner_p,
         ),
     )
 
 
 def search(space: Space, study: optuna.Study, trials: int, **limits) -> str:
-    objective = Objective(space, _Data(space.settings["folds"]), HookList([]))
+    objective = Objective(space, _Data(space.settings.folds), HookList([]))
     limits = RunLimits(target=trials, poll_seconds=0, **limits)
     return optimize(study, objective, HookList([]), limits)
 
@@ -152,7 +152,7 @@ def test_the_default_search_completes_enough_trials_cheaply_and_without_copies()
     search(space, study, 40)
     trials = study.trials
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    full = space.settings["folds"] * space.config({}).epochs
+    full = space.settings.folds * space.config({}).epochs
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= 6
     assert statistics.fmean(t.user_attrs[EPOCHS] / full for t in pruned) <= 0.35
     assert len(near_copies(trials)) <= 0.1 * len(trials)

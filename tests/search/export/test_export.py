@@ -121,8 +121,8 @@ def test_best_space_is_a_space_file_with_every_value_fixed(digits):
     space = load_space(digits.top1 / "best_space.py")
     assert not space.searched
     assert space.config({}).to_dict() == best.user_attrs["config"]
-    assert space.settings["folds"] == 2 and space.settings["holdout"] == 0.2
-    assert space.settings["data"] == "builtin:digits" and space.settings["trials"] == 1
+    assert space.settings.folds == 2 and space.settings.holdout == 0.2
+    assert space.settings.data == "builtin:digits" and space.settings.trials == 1
 
 
 def test_reloaded_in_a_fresh_process_the_export_reproduces_stored_probabilities(digits):
@@ -289,8 +289,8 @@ def test_settings_are_read_from_storage_without_running_the_space_file():
 
     settings = stored_settings(study)
 
-    assert settings["top_k"] == 3 and settings["tracking"] == "none"
-    assert settings["folds"] == 3 and settings["holdout"] == 0.1  # command-line overrides
-    assert settings["data"] == "builtin:digits"
+    assert settings.top_k == 3 and settings.tracking == "none"
+    assert settings.folds == 3 and settings.holdout == 0.1  # command-line overrides
+    assert settings.data == "builtin:digits"
     study.set_user_attr("hpo.run_control", {"top_k": 5})  # the last run's values, when stored
-    assert stored_settings(study)["top_k"] == 5
+    assert stored_settings(study).top_k == 5

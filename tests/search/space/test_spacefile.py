@@ -38,7 +38,7 @@ def test_literals_are_fixed_and_distributions_searched(tmp_path):
     )
     space = load_space(path)
     assert space.fixed == {"epochs": 3}
-    assert space.settings["folds"] == 4
+    assert space.settings.folds == 4
     assert set(space.searched) == {"lr", "batch_size"}
     assert space.name == "space"
     dist = space.searched["lr"].distribution
@@ -219,4 +219,4 @@ def test_a_searched_metric_is_refused_because_it_sets_the_direction(tmp_path):
         "minimises its score, so it is fixed for the whole study; give it one value, e.g. "
         "metric = 'f1_macro'."
     )
-    assert load_space(path, ["metric=log_loss"]).fixed["metric"] == "log_loss"
+    assert load_space(path, ["metric=log_loss"]).settings.metric == "log_loss"

@@ -40,7 +40,7 @@ def test_data_of_a_thousand_images_or_more_gets_a_tenth_held_out():
     run, printed = _prepare(SPACE)  # builtin:digits, 1,797 images
 
     held = holdout_indices(stored_folds(run.study))
-    assert run.space.settings["holdout"] == 0.1
+    assert run.space.settings.holdout == 0.1
     assert run.study.user_attrs["hpo.identity"]["settings"]["holdout"] == 0.1
     assert abs(len(held) - 180) <= 2
     assert "No holdout" not in printed
@@ -50,7 +50,7 @@ def test_small_data_gets_no_holdout_and_a_note_saying_the_scores_are_optimistic(
     data = _small_folder(tmp_path / "small")
     run, printed = _prepare(SPACE + f"data = {data!r}\n")
 
-    assert run.space.settings["holdout"] == 0.0
+    assert run.space.settings.holdout == 0.0
     assert len(holdout_indices(stored_folds(run.study))) == 0
     flat = " ".join(printed.split())
     assert "No holdout (40 images" in flat and "optimistic" in flat and "holdout = 0.1" in flat
@@ -58,11 +58,11 @@ def test_small_data_gets_no_holdout_and_a_note_saying_the_scores_are_optimistic(
 
 def test_an_explicit_holdout_wins_and_a_study_resumes_with_the_holdout_it_stored():
     run, _ = _prepare(SPACE + "holdout = 0.0\n")
-    assert run.space.settings["holdout"] == 0.0
+    assert run.space.settings.holdout == 0.0
     before = run.study.user_attrs["hpo.fingerprint"]
 
     # The same study with the holdout left to the default: it resumes with the stored 0.
     resumed, printed = _prepare(SPACE.replace("holdout = 0.0\n", ""))
-    assert resumed.space.settings["holdout"] == 0.0
+    assert resumed.space.settings.holdout == 0.0
     assert resumed.study.user_attrs["hpo.fingerprint"] == before
     assert "No holdout (1797 images" in " ".join(printed.split())

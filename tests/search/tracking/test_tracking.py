@@ -33,6 +33,7 @@ from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.hooks import Hooks
 from search.keys import STUDY_RUN_ATTR, TRIAL_RUN_ATTR
+from search.space.settings import StudySettings
 from search.study import storage
 from search.study.storage import open_storage, redact_url
 from search.tracking import system
@@ -426,7 +427,7 @@ def test_a_worker_joins_the_study_run_another_worker_stored():
 
 
 def test_tracking_none_is_a_plain_hook():
-    current = SimpleNamespace(space=SimpleNamespace(settings={"tracking": "none"}))
+    current = SimpleNamespace(space=SimpleNamespace(settings=StudySettings(tracking="none")))
     assert type(tracking_hook(current)) is Hooks
 
 

@@ -1,0 +1,138 @@
+"""Study settings: one frozen object, checked once, with metric and seed among them."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from search.space import SpaceError
+from search.space.settings import SETTINGS, StudySettings
+from search.space.spacefile import load_space
+from trainer.config import TrainConfig
+from trainer.errors import ConfigError
+
+HEADER = "from search.space import choice, intrange, loguniform, uniform\n"
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "space.py"
+    path.write_text(HEADER + textwrap.dedent(body))
+    return path
+
+
+def error_of(path: Path, overrides: tuple[str, ...] = ()) -> str:
+    with pytest.raises(SpaceError) as caught:
+        load_space(path, overrides)
+    return str(caught.value)
+
+
+def test_settings_are_one_frozen_object_read_by_attribute(tmp_path):
+    space = load_space(write(tmp_path, "folds = 3\nmetric = 'log_loss'\nseed = 7\n"))
+    settings = space.settings
+    assert isinstance(settings, StudySettings)
+    assert (settings.folds, settings.metric, settings.seed) == (3, "log_loss", 7)
+    assert settings.sampler == SETTINGS["sampler"].default  # defaults filled in
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.folds = 4  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        settings["folds"]  # type: ignore[index]  # no string-key reads
+
+
+def test_the_by_name_views_split_the_settings_by_role():
+    settings = StudySettings()
+    assert list(settings.to_dict()) == list(SETTINGS)
+    identity, control = settings.identity(), settings.run_control()
+    assert "data" not in identity and "folds" in identity and "trials" not in identity
+    assert "trials" in control and "folds" not in control
+    assert settings.for_trainer() == {"metric": "f1_macro", "seed": 0}
+    assert not {"metric", "seed"} & (identity.keys() | control.keys())
+
+
+@pytest.mark.parametrize(
+    ("body", "overrides", "expected"),
+    [
+        ("foldz = 3\n", (), "space.py:2: unknown name 'foldz'; did you mean 'folds'?"),
+        ("metrc = 'accuracy'\n", (), "space.py:2: unknown name 'metrc'; did you mean 'metric'?"),
+        ("folds = 1\n", (), "space.py:2: folds=1 must be an integer of at least 2."),
+        ("", ("folds=1",), "command line 'folds=...': folds=1 must be an integer of at least 2."),
+        ("sampler = 'bayes'\n", (), "space.py:2: sampler='bayes' must be one of tpe, random,"),
+        ("metric = 'auc'\n", (), "space.py:2: metric='auc' is not allowed; use one of 'f1_macro'"),
+        ("seed = 1.5\n", (), "space.py:2: seed=1.5 has the wrong type; it must be an integer."),
+    ],
+)
+def test_an_unknown_or_bad_setting_is_one_sentence(tmp_path, body, overrides, expected):
+    path = write(tmp_path, body)
+    message = error_of(path, overrides)
+    assert message.replace(str(path), "space.py").startswith(expected)
+
+
+def test_a_searched_seed_is_refused_like_any_study_setting(tmp_path):
+    path = write(tmp_path, "seed = choice(0, 1, 2)\n")
+    assert error_of(path) == (
+        f"{path}:2: 'seed' cannot be searched: it is fixed for the whole study; give it one value."
+    )
+
+
+def test_a_searched_metric_is_refused_with_its_reason(tmp_path):
+    path = write(tmp_path, "metric = choice('log_loss', 'accuracy')\n")
+    assert error_of(path) == (
+        f"{path}:2: 'metric' cannot be searched: it decides whether the study maximises or "
+        "minimises its score, so it is fixed for the whole study; give it one value, e.g. "
+        "metric = 'f1_macro'."
+    )
+
+
+def test_metric_and_seed_reach_every_trial_config(tmp_path):
+    space = load_space(write(tmp_path, "metric = 'accuracy'\nlr = loguniform(1e-4, 1e-2)\n"))
+    config = space.config({"lr": 1e-3})
+    assert (config.metric, config.seed, config.lr) == ("accuracy", 0, 1e-3)
+    assert "metric" not in space.fixed and space.literals["metric"] == "accuracy"
+    assert load_space(space.path, ["seed=5"]).config({}).seed == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "fixed", "fingerprint"),
+    [
+        # Fingerprints of studies made while metric and seed were TrainConfig fields.
+        ("epochs = 3\nfolds = 2\n", {"epochs": 3}, "c1ced9a0d3a7c1a9"),
+        (
+            "epochs = 3\nmetric = 'log_loss'\nseed = 1\n",
+            {"epochs": 3, "metric": "log_loss", "seed": 1},
+            "a207f0dcee4a38e6",
+        ),
+    ],
+)
+def test_the_identity_of_existing_studies_is_unchanged(tmp_path, body, fixed, fingerprint):
+    path = tmp_path / "s.py"
+    path.write_text(
+        "from search.space import choice, loguniform\n" + body + "lr = loguniform(1e-4, 1e-2)\n"
+    )
+    space = load_space(path)
+    assert space.identity()["fixed"] == fixed
+    assert space.fingerprint() == fingerprint
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "epochs = 0",
+        "epochs = 2.5",
+        "optimizer = 'adamx'",
+        "dropout = 1.5",
+        "class_weights = 'even'",
+        "grad_clip = 0.0",
+        "metric = 'auc'",
+        "seed = 1.5",
+    ],
+)
+def test_a_space_file_and_train_config_say_the_same(tmp_path, line):
+    # One check (trainer.checks) for both: the space file only adds where the value is.
+    name, _, text = line.partition(" = ")
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(**{name: ast.literal_eval(text)})
+    path = write(tmp_path, line + "\n")
+    assert error_of(path) == f"{path}:2: {caught.value}"
