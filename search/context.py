@@ -56,5 +56,5 @@ class StudyRun:
     console: Console = field(default_factory=make_console)
 
 
-# Builds one observer of a run (MLflow tracking, checkpoints); see `default_hooks`.
+# Builds one hook of a run (MLflow tracking, checkpoints); see `default_hooks`.
 HookFactory = Callable[[StudyRun], Hooks]

@@ -1,4 +1,4 @@
-"""What observers of a study (progress view, MLflow, checkpoints) are told, and when.
+"""What the hooks of a study (progress view, MLflow, checkpoints) are told, and when.
 
 A hook overrides only the moments it cares about. Hooks observe; they never decide whether a
 trial goes on (that is the pruner's job), so an error in a hook must not end a trial: each

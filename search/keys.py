@@ -29,6 +29,19 @@ WARM_START_FROM = "hpo.warm_start_from"  # "study#number" of the trial it was co
 STOPPED = "hpo.stopped"  # {"reason", "finished"}: why the search stopped by itself
 WARM_STARTED = "hpo.warm_started"  # {study name: trials copied}
 
+# Study user attributes: what a study was created with (compared on resume, read by the export)
+IDENTITY_ATTR = "hpo.identity"  # {"settings", "fixed", ...}: the space's identity
+RUN_CONTROL_ATTR = "hpo.run_control"  # run-control settings of the latest run (trials, timeout)
+CLASSES_ATTR = "hpo.classes"  # class names, in label order
+FOLD_OF_ATTR = "hpo.fold_of"  # each image's fold (-1: holdout)
+DATA_ATTR = "hpo.data"  # the data source the study was created with
+
+# Trial user attributes: what a trial ran with
+CONFIG_ATTR = "config"  # the resolved TrainConfig as a dict
+TRIAL_SPLITS_ID_ATTR = "splits_id"  # the study's splits the trial trained on
+OUT_OF_MEMORY_RETRY_ATTR = "out_of_memory_retry"  # the batch sizes an out-of-memory retry used
+CHECKPOINT_ERROR_ATTR = "checkpoint_error"  # why its fold checkpoints could not be written
+
 # Study user attributes read by tracking
 STUDY_RUN_ATTR = "hpo.mlflow_run_id"  # the study's MLflow run, shared by every worker
 FINGERPRINT_ATTR = "hpo.fingerprint"
@@ -104,6 +117,7 @@ SPACE_ARTIFACT = "space.py"
 MODEL_SCORE_TAG = "hpo.score"
 MODEL_SCORE_KIND_TAG = "hpo.score_kind"
 MODEL_METRIC_TAG = "hpo.metric"
+ROLE_TAG = "hpo.role"  # on an export's MLflow run: "export"
 CHAMPION_ALIAS = "champion"
 
 # The MLflow UI's view of a study's trials: experiment tag mlflow.sharedViewState.<this>

@@ -11,6 +11,7 @@ import traceback
 import optuna
 import torch
 
+from search import keys
 from search.engine.reporting import RungReporter
 from search.hooks import Hooks
 from search.keys import DIVERGED, EPOCHS, FOLD_SCORES, PRUNED_AT, PRUNED_REASON, SCORE_STD, SECONDS
@@ -60,7 +61,7 @@ class Objective:
     Args:
         space: The validated space that parameters are sampled from.
         data: The study's cached images and splits.
-        hooks: Observers told about every trial, fold and epoch.
+        hooks: Hooks told about every trial, fold and epoch.
     """
 
     def __init__(self, space: Space, data: StudyData, hooks: Hooks) -> None:
@@ -69,8 +70,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         """Run the trial; raises `optuna.TrialPruned` with the reason when it is pruned."""
         config = self.space.config(self.space.sample(trial))
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("splits_id", self.data.splits_id)
+        trial.set_user_attr(keys.CONFIG_ATTR, config.to_dict())
+        trial.set_user_attr(keys.TRIAL_SPLITS_ID_ATTR, self.data.splits_id)
         self.hooks.trial_started(trial, config)
         return self.cross_validate(trial, config)
 
@@ -136,8 +137,8 @@ def _fit_within_memory(
         config = smaller
         retry = {"fold": split.fold, "batch_size": config.batch_size}
         retry |= {"grad_accum": config.grad_accum, "eval_batch_size": config.eval_batch_size}
-        trial.set_user_attr("out_of_memory_retry", retry)
-        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr(keys.OUT_OF_MEMORY_RETRY_ATTR, retry)
+        trial.set_user_attr(keys.CONFIG_ATTR, config.to_dict())
 
 
 def _raised_in_evaluation(err: BaseException) -> bool:

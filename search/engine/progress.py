@@ -13,6 +13,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from search import keys
 from search.hooks import Hooks
 from search.study.report import format_params, make_console, summary_line
 
@@ -88,12 +89,13 @@ class Progress(Hooks):
 def trial_line(trial: FrozenTrial) -> str:
     """One line saying how a finished trial ended, with its key numbers and parameters."""
     attrs = trial.user_attrs
-    folds = len(attrs.get("fold_scores", []))
-    where = f"{folds} folds, {attrs.get('epochs', 0)} epochs, {attrs.get('seconds', 0):.1f}s"
+    folds = len(attrs.get(keys.FOLD_SCORES, []))
+    epochs, seconds = attrs.get(keys.EPOCHS, 0), attrs.get(keys.SECONDS, 0)
+    where = f"{folds} folds, {epochs} epochs, {seconds:.1f}s"
     if trial.state == TrialState.COMPLETE:
-        outcome = f"{trial.value:.4f} ± {attrs.get('score_std', 0):.4f}"
+        outcome = f"{trial.value:.4f} ± {attrs.get(keys.SCORE_STD, 0):.4f}"
     elif trial.state == TrialState.PRUNED:
-        outcome = f"pruned: {attrs.get('pruned_reason', '')}"
+        outcome = f"pruned: {attrs.get(keys.PRUNED_REASON, '')}"
     else:
-        outcome = f"failed: {attrs.get('fail_reason', '')}"
+        outcome = f"failed: {attrs.get(keys.FAIL_REASON_ATTR, '')}"
     return f"trial {trial.number} {outcome} ({where}) {format_params(trial.params)}"

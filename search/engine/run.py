@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
+from search import keys
 from search.context import HookFactory, RunRequest, StudyRun
 from search.engine.objective import Objective
 from search.engine.progress import Progress
@@ -63,7 +64,7 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     process_seed = _process_seed(request, space.settings.seed)
     study = open_study(storage, place, space, table, process_seed=process_seed)
     # `hpo export` reads the latest run-control settings (top_k, tta, tracking) from here.
-    study.set_user_attr("hpo.run_control", space.settings.run_control())
+    study.set_user_attr(keys.RUN_CONTROL_ATTR, space.settings.run_control())
     console = console or make_console()
     if request.worker == 0:  # workers find them in the storage
         seed_trials(request, study, space, place, console)
@@ -172,7 +173,7 @@ def check_images(space: Space, table: ImageTable, *, progress: bool) -> None:
 
 
 def default_hooks() -> list[HookFactory]:
-    """The observers every run has: MLflow tracking (unless off) and fold checkpoints."""
+    """The run_hooks every run has: MLflow tracking (unless off) and fold checkpoints."""
     from search.export.checkpoints import checkpoint_hook
     from search.tracking.tracker import tracking_hook
 
@@ -199,24 +200,24 @@ def run(
     progress = Progress(
         current.study, target=current.target, folds=settings.folds, console=current.console
     )
-    observers = observers_for(current, default_hooks() if hooks is None else hooks, progress)
-    objective = Objective(current.space, current.data, observers)
+    run_hooks = hooks_for(current, default_hooks() if hooks is None else hooks, progress)
+    objective = Objective(current.space, current.data, run_hooks)
     outcome = "failed"
     try:
         with progress:
-            outcome = optimize(current.study, objective, observers, limits)
+            outcome = optimize(current.study, objective, run_hooks, limits)
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
     finally:
-        observers.study_ended(current.study, outcome)
+        run_hooks.study_ended(current.study, outcome)
     if outcome == "patience":
         current.console.print(f"Stopped early: {current.study.user_attrs[STOPPED]['reason']}.")
     finish(current, outcome)
     return outcome
 
 
-def observers_for(current: StudyRun, factories: Sequence[HookFactory], *first: Hooks) -> HookList:
+def hooks_for(current: StudyRun, factories: Sequence[HookFactory], *first: Hooks) -> HookList:
     """The hooks of a run: ``first`` (e.g. the progress view), then one per factory."""
     return HookList([*first, *(make(current) for make in factories)])
 

@@ -22,6 +22,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
+from search import keys
 from search.engine.objective import Objective
 from search.hooks import Hooks
 from search.keys import STOPPED, SURPLUS
@@ -128,7 +129,7 @@ def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: Ru
 
 
 def _too_many(last: FrozenTrial, failures: int) -> str:
-    reason = last.user_attrs.get("fail_reason", "unknown error")
+    reason = last.user_attrs.get(keys.FAIL_REASON_ATTR, "unknown error")
     return (
         f"{failures} trials in a row failed (the last one with: {reason}); the setup looks "
         "broken: fix it, or raise max_failures, then run the same command again."
@@ -209,7 +210,7 @@ def _taken_over(study: optuna.Study, trial: optuna.Trial) -> bool:
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, trace: str | None) -> None:
-    trial.set_user_attr("fail_reason", reason[:2000])
+    trial.set_user_attr(keys.FAIL_REASON_ATTR, reason[:2000])
     if trace:
-        trial.set_user_attr("traceback", trace[-20000:])
+        trial.set_user_attr(keys.TRACEBACK_ATTR, trace[-20000:])
     study.tell(trial, state=TrialState.FAIL)

@@ -24,7 +24,7 @@ import torch
 
 from search.context import RunRequest, StudyRun
 from search.engine.progress import trial_line
-from search.engine.run import default_hooks, finish, observers_for, prepare
+from search.engine.run import default_hooks, finish, hooks_for, prepare
 from search.engine.runner import count_trials
 from search.study.report import summary_line, visible_trials
 from search.study.stopping import stagnation
@@ -122,7 +122,7 @@ def run_workers(request: RunRequest, *, gpus: Sequence[str] | None = None) -> st
     current = prepare(request)
     # The parent's hooks see no trial: they set up (the MLflow study run, before any worker
     # looks for it) and close the study (tables, plots, checkpoint sweep).
-    observers = observers_for(current, default_hooks())
+    run_hooks = hooks_for(current, default_hooks())
     workers: list[Worker] = []
     outcome = "failed"
     try:
@@ -139,7 +139,7 @@ def run_workers(request: RunRequest, *, gpus: Sequence[str] | None = None) -> st
         _stop(workers)
         raise
     finally:
-        observers.study_ended(current.study, outcome)
+        run_hooks.study_ended(current.study, outcome)
     finish(current, outcome)
     return outcome
 

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from rich.console import Console
 
+from search import keys
 from search.export.checkpoints import oof_path, top_trials, trial_dir, weights_path
 from search.export.onnx_model import OnnxCheck, write_onnx
 from search.export.report import ExportScores, best_space_text, flat_metrics, markdown, show
@@ -175,7 +176,7 @@ def _write_members(
 ) -> Manifest:
     """Copy the chosen trials' fold weights; a trial's share of the vote is split over its folds."""
     (staging / MEMBERS).mkdir(parents=True)
-    classes = tuple(source.study.user_attrs["hpo.classes"])
+    classes = tuple(source.study.user_attrs[keys.CLASSES_ATTR])
     total = sum(counts)
     specs = []
     for trial, count in zip(trials, counts, strict=True):
@@ -201,7 +202,7 @@ def _trial_members(
     source: StudySource, trial: FrozenTrial, classes: int, weight: float, staging: Path | None
 ) -> list[MemberSpec]:
     """The fold models of ``trial``: copied into ``staging``, or read where they are (None)."""
-    config = TrainConfig(**trial.user_attrs["config"])
+    config = TrainConfig(**trial.user_attrs[keys.CONFIG_ATTR])
     # Stored so that the export predicts without the hub or folder an hf-hub: or local-dir:
     # backbone came from (timm reads its config.json even without weights).
     architecture = resolve_architecture(config.backbone)
@@ -236,7 +237,7 @@ def _trial_members(
 
 
 def _metric(trials: list[FrozenTrial]) -> str:
-    return str(trials[0].user_attrs["config"]["metric"])
+    return str(trials[0].user_attrs[keys.CONFIG_ATTR]["metric"])
 
 
 def _score(
@@ -251,11 +252,11 @@ def _score(
     shown = [t for t, c in zip(candidates, chosen.counts, strict=True) if c]
     if candidates[0] not in shown:
         shown.append(candidates[0])
-    classes = len(source.study.user_attrs["hpo.classes"])
+    classes = len(source.study.user_attrs[keys.CLASSES_ATTR])
     specs = [spec for t in shown for spec in _trial_members(source, t, classes, 1.0, None)]
     folder = Path(source.place.folder)
     members = [load_member(folder, spec, classes, pick_device(None)) for spec in specs]
-    scoring = Ensemble(members, classes=source.study.user_attrs["hpo.classes"])
+    scoring = Ensemble(members, classes=source.study.user_attrs[keys.CLASSES_ATTR])
     compared = tta if tta != "none" else "hflip"
     holdout = _holdout(source, scoring.sizes)
     pairs = [(int(spec.trial), int(spec.fold)) for spec in specs]  # type: ignore[arg-type]
@@ -324,7 +325,7 @@ def log_to_mlflow(result: ExportResult, study: optuna.Study, console: Console) -
         logged = log_ensemble(
             result.folder,
             study_name=result.study,
-            run_id=study.user_attrs.get("hpo.mlflow_run_id"),
+            run_id=study.user_attrs.get(keys.STUDY_RUN_ATTR),
             metrics=flat_metrics(result.scores),
             headline=Headline(result.scores.metric, kind, value),
         )
@@ -346,7 +347,7 @@ def log_to_mlflow(result: ExportResult, study: optuna.Study, console: Console) -
 
 def _write_best_space(path: Path, source: StudySource, trial: FrozenTrial, tta: str) -> None:
     """Write the best configuration as a space file and check that it reads back the same."""
-    config = trial.user_attrs["config"]
+    config = trial.user_attrs[keys.CONFIG_ATTR]
     path.write_text(best_space_text(source.place.name, source.settings, trial, tta=tta))
     space = load_space(path)
     if space.searched or space.config({}).to_dict() != TrainConfig(**config).to_dict():

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from safetensors.torch import save
 
+from search import keys
 from search.hooks import Hooks
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class CheckpointHook(Hooks):
             write()
         except OSError as err:  # a full disk must not end the trial; the export will say so
             message = f"checkpoint not saved: {err.strerror or err}"
-            trial.set_user_attr("checkpoint_error", message)
+            trial.set_user_attr(keys.CHECKPOINT_ERROR_ATTR, message)
             if self.console is not None:
                 self.console.print(f"[yellow]trial {trial.number}: {message}[/yellow]")
 

@@ -27,6 +27,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 
 import trainer
+from search import keys
 from search.keys import CHAMPION_ALIAS, MODEL_METRIC_TAG, MODEL_SCORE_KIND_TAG, MODEL_SCORE_TAG
 from trainer import metrics as metric_functions
 
@@ -211,7 +212,7 @@ def _export_run(study_name: str) -> str:
     found = client.search_runs([experiment], query, max_results=1)
     if found:
         return found[0].info.run_id
-    tags = {"hpo.study": study_name, "hpo.role": "export"}
+    tags = {keys.STUDY_TAG: study_name, keys.ROLE_TAG: "export"}
     run = client.create_run(experiment, tags=tags, run_name=f"{study_name}-export")
     client.set_terminated(run.info.run_id)
     return run.info.run_id

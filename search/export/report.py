@@ -296,7 +296,7 @@ def best_space_text(
     study: str, settings: StudySettings, trial: FrozenTrial, *, tta: str = "none"
 ) -> str:
     """A space file with the study's settings and every value of ``trial`` fixed."""
-    config = trial.user_attrs["config"]
+    config = trial.user_attrs[keys.CONFIG_ATTR]
     metric = config["metric"]
     found = [name for name in config if name in trial.params]
     kept = [

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 
+from search import keys
 from search.space.settings import SETTINGS, StudySettings
 from search.study.storage import StudyError, StudyPlace, load_hpo_study
 
@@ -67,13 +68,13 @@ def stored_settings(study: optuna.Study) -> StudySettings:
     literal assignments of the stored space file, read without running it.
     """
     attrs = study.user_attrs
-    settings = _literal_settings(attrs.get("hpo.space_source", ""))
-    settings.update(attrs.get("hpo.run_control", {}))
-    settings.update(attrs["hpo.identity"]["settings"])
+    settings = _literal_settings(attrs.get(keys.SPACE_SOURCE_ATTR, ""))
+    settings.update(attrs.get(keys.RUN_CONTROL_ATTR, {}))
+    settings.update(attrs[keys.IDENTITY_ATTR]["settings"])
     # metric and seed, where the study fixed them, are stored with the fixed values.
-    fixed = attrs["hpo.identity"].get("fixed", {})
+    fixed = attrs[keys.IDENTITY_ATTR].get("fixed", {})
     settings.update({k: v for k, v in fixed.items() if k in SETTINGS and SETTINGS[k].trainer})
-    settings["data"] = attrs["hpo.data"]
+    settings["data"] = attrs[keys.DATA_ATTR]
     return StudySettings.from_dict(settings)
 
 
@@ -104,7 +105,7 @@ class _DataReader:
         from trainer.sources import load_table
 
         table = load_table(self.data)
-        if table.content_id != self.study.user_attrs["hpo.content_id"]:
+        if table.content_id != self.study.user_attrs[keys.CONTENT_ID_ATTR]:
             raise StudyError(
                 f"Data '{self.data}' is not the data study '{self.study.study_name}' ran on "
                 "(files, labels or groups differ); pass the study's data with --data."

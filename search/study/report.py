@@ -16,6 +16,7 @@ from search.keys import (
     BASELINE,
     DIVERGED,
     EPOCHS,
+    FAIL_REASON_ATTR,
     FOLD_SCORES,
     PRUNED_AT,
     PRUNED_REASON,
@@ -106,7 +107,7 @@ def _note(trial: FrozenTrial) -> str:
     if trial.state == TrialState.PRUNED:
         return origin + attrs.get(PRUNED_REASON, "pruned")
     if trial.state == TrialState.FAIL:
-        return origin + attrs.get("fail_reason", "failed")
+        return origin + attrs.get(FAIL_REASON_ATTR, "failed")
     if trial.state == TrialState.RUNNING:
         return origin + "running"
     return origin.removesuffix("; ")

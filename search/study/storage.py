@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from search import keys
 from search.space.spacefile import Space
 from search.study.pruning import Rungs, build_pruner
 from search.study.resilient import PATIENCE, ResilientStorage
@@ -250,7 +251,7 @@ def resolve_holdout(
         stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
     except KeyError:
         stored = {}
-    value = stored.get("hpo.identity", {}).get("settings", {}).get("holdout")
+    value = stored.get(keys.IDENTITY_ATTR, {}).get("settings", {}).get("holdout")
     if value is None:
         value = default_holdout(len(table))
     return replace(space, settings=replace(space.settings, holdout=value))
@@ -287,7 +288,7 @@ def check_study(storage: BaseStorage, place: StudyPlace, space: Space, table: Im
         stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
     except KeyError:
         stored = {}
-    if "hpo.fingerprint" in stored:
+    if keys.FINGERPRINT_ATTR in stored:
         _check_same(stored, place, space, table)
     else:
         new_folds(space, table)
@@ -297,20 +298,20 @@ def _claim_or_check(
     study: optuna.Study, place: StudyPlace, space: Space, table: ImageTable
 ) -> None:
     stored = study.user_attrs
-    if "hpo.fingerprint" not in stored:
+    if keys.FINGERPRINT_ATTR not in stored:
         _claim(study, space, table)
         return
     _check_same(stored, place, space, table)
 
 
 def _check_same(stored: dict[str, Any], place: StudyPlace, space: Space, table: ImageTable) -> None:
-    if stored["hpo.fingerprint"] != space.fingerprint():
-        changed = _changed_keys(stored.get("hpo.identity", {}), space.identity())
+    if stored[keys.FINGERPRINT_ATTR] != space.fingerprint():
+        changed = _changed_keys(stored.get(keys.IDENTITY_ATTR, {}), space.identity())
         raise StudyError(
             f"Study '{place.name}' was created with a different search space ({changed} "
             "changed); restore the space, or pass --study NEW_NAME to start a new study."
         )
-    if stored["hpo.content_id"] != table.content_id:
+    if stored[keys.CONTENT_ID_ATTR] != table.content_id:
         raise StudyError(
             f"Study '{place.name}' was created with other data than '{table.source}' (the files, "
             "labels or groups differ); point at the same data, or pass --study NEW_NAME."
@@ -341,18 +342,18 @@ def _holdout(space: Space, table: ImageTable) -> float:
 def _claim(study: optuna.Study, space: Space, table: ImageTable) -> None:
     fold_of = new_folds(space, table)
     attrs = {
-        "hpo.identity": space.identity(),
-        "hpo.space_source": space.path.read_text(),
-        "hpo.content_id": table.content_id,
-        "hpo.classes": list(table.classes),
-        "hpo.fold_of": fold_of.tolist(),
-        "hpo.splits_id": splits_id(fold_of),
-        "hpo.data": table.source,
+        keys.IDENTITY_ATTR: space.identity(),
+        keys.SPACE_SOURCE_ATTR: space.path.read_text(),
+        keys.CONTENT_ID_ATTR: table.content_id,
+        keys.CLASSES_ATTR: list(table.classes),
+        keys.FOLD_OF_ATTR: fold_of.tolist(),
+        keys.SPLITS_ID_ATTR: splits_id(fold_of),
+        keys.DATA_ATTR: table.source,
     }
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     # Written last: its presence means the study is fully set up.
-    study.set_user_attr("hpo.fingerprint", space.fingerprint())
+    study.set_user_attr(keys.FINGERPRINT_ATTR, space.fingerprint())
 
 
 def splits_id(fold_of: np.ndarray) -> str:
@@ -387,7 +388,7 @@ def load_hpo_study(place: StudyPlace) -> optuna.Study:
             f"No study named '{place.name}' in {place.storage_url}; pass the name `hpo run` "
             "printed, and --storage if the study is not in the default place."
         ) from None
-    if "hpo.fingerprint" not in study.user_attrs:
+    if keys.FINGERPRINT_ATTR not in study.user_attrs:
         raise StudyError(
             f"Study '{place.name}' was not set up by `hpo run`; run `hpo run` on it first."
         )
@@ -396,4 +397,4 @@ def load_hpo_study(place: StudyPlace) -> optuna.Study:
 
 def stored_folds(study: optuna.Study) -> np.ndarray:
     """The fold id of every sample, as stored when the study was created."""
-    return np.asarray(study.user_attrs["hpo.fold_of"], dtype=np.int64)
+    return np.asarray(study.user_attrs[keys.FOLD_OF_ATTR], dtype=np.int64)

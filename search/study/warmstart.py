@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from search import keys
 from search.keys import (
     DIVERGED,
     EPOCHS,
@@ -60,19 +61,19 @@ def _resolved_fixed(fixed: dict[str, Any], searched: set[str]) -> dict[str, Any]
 def check_source(study: optuna.Study, source: optuna.Study, name: str, space: Space) -> None:
     """The other study measured scores as this one will, or a `StudyError` that says why not."""
     attrs, mine = source.user_attrs, study.user_attrs
-    if attrs.get("hpo.content_id") != mine.get("hpo.content_id"):
+    if attrs.get(keys.CONTENT_ID_ATTR) != mine.get(keys.CONTENT_ID_ATTR):
         raise StudyError(
             f"Study '{name}' was run on other data (the files, labels or groups differ); "
             "--warm-start needs a study of the same data."
         )
-    if attrs.get("hpo.splits_id") != mine.get("hpo.splits_id"):
+    if attrs.get(keys.SPLITS_ID_ATTR) != mine.get(keys.SPLITS_ID_ATTR):
         raise StudyError(
             f"Study '{name}' used other folds (folds, holdout or seed differ); --warm-start "
             "needs a study whose folds are the same, or its scores would not compare."
         )
     if source.direction != study.direction:
         raise StudyError(f"Study '{name}' optimises in the other direction; pick another study.")
-    old_identity = attrs.get("hpo.identity", {})
+    old_identity = attrs.get(keys.IDENTITY_ATTR, {})
     old = _resolved_fixed(old_identity.get("fixed", {}), set(old_identity.get("searched", {})))
     new = _resolved_fixed(space.literals, set(space.searched))
     both = sorted(old.keys() & new.keys())
@@ -130,7 +131,7 @@ def warm_start(study: optuna.Study, source: optuna.Study, name: str, space: Spac
     if name in done:
         return WarmStart(name, {}, 0, already=True)
     check_source(study, source, name, space)
-    identity = source.user_attrs.get("hpo.identity", {})
+    identity = source.user_attrs.get(keys.IDENTITY_ATTR, {})
     same_rungs = _jsonish(identity.get("settings", {}).get("pruner_epoch_rungs")) == _jsonish(
         space.settings.pruner_epoch_rungs
     )
