@@ -66,9 +66,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
             server = start_server(uri, host=args.host, port=args.port)
         except KeyboardInterrupt:
             return 0  # start_server stops what it started
-        print(f"MLflow UI for {uri} (Ctrl-C to stop):")
-        _print_addresses(f"http://{_visible_host(args.host)}:{args.port}", studies)
-        serve_until_stopped(server)
+        # A signal may come while the addresses are printed, before the wait below: the server
+        # must not outlive hpo then either.
+        try:
+            print(f"MLflow UI for {uri} (Ctrl-C to stop):")
+            _print_addresses(f"http://{_visible_host(args.host)}:{args.port}", studies)
+            serve_until_stopped(server)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_server(server)
     return 0
 
 
