@@ -58,3 +58,21 @@ def test_no_class_over_200_lines():
             if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 200:
                 big[f"{path.relative_to(ROOT)}:{node.name}"] = node.end_lineno - node.lineno + 1
     assert not big, big
+
+
+def test_tests_share_helpers_through_conftest_and_support_not_each_other():
+    """A test module imports no other test module (nor a conftest): shared code is in
+    tests/support/, shared fixtures in conftest.py files."""
+    crossed = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests"):
+                if not node.module.startswith("tests.support"):
+                    crossed.append(f"{path.relative_to(ROOT)}: from {node.module}")
+            elif isinstance(node, ast.Import):
+                crossed += [
+                    f"{path.relative_to(ROOT)}: import {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("tests") and not alias.name.startswith("tests.support")
+                ]
+    assert not crossed, crossed

@@ -24,7 +24,7 @@ from search.engine.run import run
 from search.tracking.tracker import tracking_hook
 from search.tracking.ui import free_port, start_server, stop_server
 from search.tracking.view import VIEW_TAG, runs_address
-from tests.search.tracking.test_tracking import Saboteur, quiet, write_space
+from tests.support.tracking import Saboteur, quiet, write_space
 
 pytestmark = pytest.mark.slow
 

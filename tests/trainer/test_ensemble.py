@@ -11,49 +11,24 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
+from tests.support.ensembles import asymmetric_images, member
 from trainer.config import TrainConfig
 from trainer.ensemble import (
     Ensemble,
     ExportError,
     Manifest,
-    MemberSpec,
-    file_sha256,
     hard_labels,
     vote_shares,
 )
 from trainer.images import decode_image
-from trainer.models import build_model, normalization
+from trainer.models import normalization
 
 CLASSES = ("bird", "cat", "dog")
 
 
-def _member(folder: Path, name: str, config: TrainConfig, seed: int, classes: int = 3):
-    """A randomly initialised model saved as a member; returns (spec, model)."""
-    torch.manual_seed(seed)
-    model = build_model(config, classes).eval()
-    with torch.no_grad():  # larger head weights: predictions far from uniform, TTA visible
-        model.get_classifier().weight.mul_(20)
-    (folder / "members").mkdir(parents=True, exist_ok=True)
-    weights = folder / "members" / f"{name}.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    mean, std = normalization(model)
-    spec = MemberSpec(
-        name,
-        f"members/{weights.name}",
-        config.to_dict(),
-        mean,
-        std,
-        file_sha256(weights),
-        trial=0,
-        fold=seed,
-    )
-    return spec, model
-
-
 def _export(folder: Path, configs: list[TrainConfig], *, tta: str = "none") -> list:
-    pairs = [_member(folder, f"m{i}", c, seed=i) for i, c in enumerate(configs)]
+    pairs = [member(folder, f"m{i}", c, seed=i) for i, c in enumerate(configs)]
     Manifest(CLASSES, tuple(spec for spec, _ in pairs), tta=tta).write(folder)
     return [model for _, model in pairs]
 
@@ -65,20 +40,13 @@ def _reference(model: torch.nn.Module, images: np.ndarray, mean, std) -> np.ndar
         return torch.softmax(model(x), dim=1).numpy()
 
 
-def _asymmetric_images(n: int = 4, size: int = 32) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 60, (n, size, size, 3), dtype=np.uint8)
-    images[:, :, : size // 3] = 230  # a bright left band: flipping moves it
-    return images
-
-
 VIT = TrainConfig(backbone="test_vit", image_size=32)
 
 
 def test_loaded_members_reproduce_the_saved_models(tmp_path):
     models = _export(tmp_path, [VIT, VIT])
     ensemble = Ensemble.load(tmp_path, device="cpu")
-    images = _asymmetric_images()
+    images = asymmetric_images()
 
     members = ensemble.member_probs(images)
 
@@ -103,7 +71,7 @@ def test_hard_voting_counts_votes_and_breaks_ties_by_probability():
 
 def test_tta_is_deterministic_and_changes_asymmetric_images(tmp_path):
     _export(tmp_path, [VIT])
-    images = _asymmetric_images()
+    images = asymmetric_images()
     first = Ensemble.load(tmp_path, device="cpu").predict(images, tta="hflip")
     again = Ensemble.load(tmp_path, device="cpu").predict(images, tta="hflip")
     plain = Ensemble.load(tmp_path, device="cpu").predict(images, tta="none")
@@ -117,7 +85,7 @@ def test_tta_is_deterministic_and_changes_asymmetric_images(tmp_path):
 
 def test_manifest_tta_is_the_default_and_can_be_overridden(tmp_path):
     _export(tmp_path, [VIT], tta="flip4")
-    images = _asymmetric_images()
+    images = asymmetric_images()
     assert Ensemble.load(tmp_path, device="cpu").tta == "flip4"
     overridden = Ensemble.load(tmp_path, tta="none", device="cpu")
     np.testing.assert_allclose(
@@ -129,7 +97,7 @@ def test_head_finetuned_member_with_frozen_batchnorm_loads_strictly(tmp_path):
     config = TrainConfig(backbone="test_resnet", finetune="head", image_size=32)
     models = _export(tmp_path, [config])
     ensemble = Ensemble.load(tmp_path, device="cpu")
-    images = _asymmetric_images()
+    images = asymmetric_images()
     mean, std = normalization(models[0])
     np.testing.assert_allclose(
         ensemble.predict(images), _reference(models[0], images, mean, std), atol=1e-6
@@ -139,7 +107,7 @@ def test_head_finetuned_member_with_frozen_batchnorm_loads_strictly(tmp_path):
 def test_members_of_different_sizes_get_images_at_their_own_size(tmp_path):
     models = _export(tmp_path, [VIT, TrainConfig(backbone="test_vit", image_size=16)])
     ensemble = Ensemble.load(tmp_path, device="cpu")
-    images = [_asymmetric_images(1, 40)[0], _asymmetric_images(1, 24)[0][:, :20]]
+    images = [asymmetric_images(1, 40)[0], asymmetric_images(1, 24)[0][:, :20]]
 
     members = ensemble.member_probs(images)
 
@@ -246,7 +214,7 @@ def test_missing_changed_or_truncated_weights_are_clear_errors(tmp_path):
 
 
 def test_class_count_mismatch_is_a_clear_error(tmp_path):
-    spec, _ = _member(tmp_path, "m0", VIT, seed=0, classes=4)
+    spec, _ = member(tmp_path, "m0", VIT, seed=0, classes=4)
     Manifest(CLASSES, (spec,)).write(tmp_path)
     message = _error(tmp_path)
     assert "classifier for 4 classes" in message and "lists 3" in message

@@ -21,7 +21,7 @@ from search.space.spacefile import Space, load_space
 from search.study.pruning import Rungs, build_pruner
 from search.study.samplers import build_sampler, near_copies
 from search.study.stopping import stagnation
-from tests.search.engine.synthetic import fake_fit
+from tests.support.synthetic import fake_fit
 from trainer.loop import Split
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -16,7 +16,7 @@ from search.keys import BASELINE, FOLD_SCORES, WARM_START_FROM, WARM_STARTED
 from search.space import SpaceError
 from search.space.spacefile import load_space
 from search.study.storage import StudyError
-from tests.search.engine.synthetic import fake_fit
+from tests.support.synthetic import fake_fit
 
 SPACE = """\
 from search.space import choice, loguniform, uniform

@@ -3,84 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pytest
 
 from search.cli.export import add_parser
 from search.context import RunRequest
-from search.engine.run import prepare, run
-from search.export.checkpoints import checkpoint_hook, load_oof, top_trials, trial_dir
+from search.engine.run import prepare
+from search.export.checkpoints import load_oof, top_trials, trial_dir
 from search.export.report import Scores, flat_metrics, measure
 from search.export.selection import combine, select
 from search.export.source import stored_settings
-from search.export.study_export import NothingToExport, export_from_storage, export_study
+from search.export.study_export import NothingToExport, export_from_storage
 from search.space.spacefile import load_space
 from search.study.splits import holdout_indices
 from search.study.storage import StudyError, stored_folds
+from tests.support.export_study import OVERRIDES, SPACE, DigitsStudy
 from trainer.cache import cached_images
 from trainer.ensemble import Ensemble
 from trainer.sources import load_table
-
-SPACE = "from search.space import loguniform\n\nlr = loguniform(3e-3, 1e-2)\n"
-OVERRIDES = (
-    "folds=2",
-    "epochs=1",
-    "backbone=test_vit",
-    "image_size=32",
-    "holdout=0.2",
-    "tracking=none",
-    "top_k=2",
-)
-
-
-@dataclass(frozen=True)
-class DigitsStudy:
-    """A finished 3-trial study on digits (top_k=2) and a copy of its top-1 export."""
-
-    root: Path
-    request: RunRequest
-    top1: Path
-
-    @property
-    def folder(self) -> Path:
-        return self.root / "studies" / "digits"
-
-    def study(self) -> optuna.Study:
-        with contextlib.chdir(self.root):
-            return prepare(self.request).study
-
-
-_BUILT: list[DigitsStudy] = []
-
-
-def shared_digits_study(factory: pytest.TempPathFactory) -> DigitsStudy:
-    """Run the study once per test session (test_predict.py shares it)."""
-    if _BUILT:
-        return _BUILT[0]
-    root = factory.mktemp("digits")
-    with contextlib.chdir(root):
-        (root / "digits.py").write_text(SPACE)
-        request = RunRequest(space="digits.py", overrides=OVERRIDES, trials=3, progress=False)
-        assert run(request, hooks=[checkpoint_hook]) == "done"
-        result = export_study(prepare(request), top_k=1)
-        shutil.copytree(result.folder, root / "top1")
-    _BUILT.append(DigitsStudy(root, request, root / "top1"))
-    return _BUILT[0]
-
-
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory) -> DigitsStudy:
-    return shared_digits_study(tmp_path_factory)
 
 
 def test_only_the_top_k_trials_keep_checkpoints(digits):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from search.export.onnx_model import OnnxEnsemble, OnnxExportError, write_onnx
-from tests.trainer.test_ensemble import _asymmetric_images, _member
+from tests.support.ensembles import asymmetric_images, member
 from trainer.config import TrainConfig
 from trainer.ensemble import Ensemble, Manifest
 from trainer.onnx_graph import OPSET, _antialiased_resize, export_onnx
@@ -30,7 +30,7 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 def _export(folder: Path, configs, weights, *, tta: str = "none", imagenet: int | None = None):
     specs = []
     for i, (config, weight) in enumerate(zip(configs, weights, strict=True)):
-        spec = replace(_member(folder, f"m{i}", config, seed=i)[0], weight=weight)
+        spec = replace(member(folder, f"m{i}", config, seed=i)[0], weight=weight)
         if i == imagenet:  # another normalisation than the test models' 0.5
             spec = replace(spec, mean=IMAGENET[0], std=IMAGENET[1])
         specs.append(spec)
@@ -44,7 +44,7 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def test_the_vote_is_weighted_by_the_manifests_weights(tmp_path):
     ensemble = _export(tmp_path, [VIT, RESNET], [3.0, 1.0])
-    images = _asymmetric_images(5)
+    images = asymmetric_images(5)
 
     members = ensemble.member_probs(images)
 
@@ -57,7 +57,7 @@ def test_the_vote_is_weighted_by_the_manifests_weights(tmp_path):
 def test_onnx_matches_the_pytorch_ensemble_with_weights_views_and_normalisations(tmp_path, tta):
     ensemble = _export(tmp_path, [VIT, RESNET], [0.7, 0.3], tta=tta, imagenet=1)
     path = export_onnx(ensemble, tmp_path / "e.onnx", metadata={"metric": "f1_macro"})
-    images = _asymmetric_images(6)
+    images = asymmetric_images(6)
 
     got = _session(path).run(None, {"images": images})[0]
 
@@ -74,7 +74,7 @@ def test_a_smaller_member_is_resized_inside_the_graph(tmp_path):
     # PyTorch resizes with Pillow (as training did), the graph with ONNX Resize: close, not equal.
     ensemble = _export(tmp_path, [VIT, SMALL], [0.5, 0.5])
     path = export_onnx(ensemble, tmp_path / "e.onnx", metadata={})
-    images = _asymmetric_images(6)
+    images = asymmetric_images(6)
 
     got = _session(path).run(None, {"images": images})[0]
 
@@ -104,7 +104,7 @@ def test_the_antialiased_resize_is_exported_faithfully(tmp_path, mode):
 def test_onnx_ensemble_reads_files_and_names_the_unreadable_ones(tmp_path):
     ensemble = _export(tmp_path, [VIT], [1.0])
     check = write_onnx(tmp_path, ensemble, metadata={"study": "s", "metric": "accuracy"})
-    Image.fromarray(_asymmetric_images(1)[0]).save(tmp_path / "a.png")
+    Image.fromarray(asymmetric_images(1)[0]).save(tmp_path / "a.png")
     (tmp_path / "bad.png").write_bytes(b"no")
 
     model = OnnxEnsemble.load(tmp_path)
@@ -112,7 +112,7 @@ def test_onnx_ensemble_reads_files_and_names_the_unreadable_ones(tmp_path):
 
     assert check.largest_difference <= 1e-4 and "8 random images" in check.sentence()
     assert model.classes == CLASSES and model.metric == "accuracy" and model.image_size == 32
-    np.testing.assert_allclose(probs[0], ensemble.predict(_asymmetric_images(1))[0], atol=1e-4)
+    np.testing.assert_allclose(probs[0], ensemble.predict(asymmetric_images(1))[0], atol=1e-4)
     assert np.isnan(probs[1]).all() and list(failed) == [1]
 
 

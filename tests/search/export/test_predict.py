@@ -19,18 +19,12 @@ from search.export.mlflow_model import Headline, log_ensemble
 from search.export.predict import PredictInputError
 from search.study.splits import holdout_indices
 from search.study.storage import stored_folds
-from tests.search.export.test_export import DigitsStudy, shared_digits_study
 from trainer.cache import cached_images
 from trainer.ensemble import Ensemble, ExportError
 from trainer.errors import ConfigError
 from trainer.sources import load_table
 
 PROBS = [f"prob_{d}" for d in range(10)]
-
-
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory) -> DigitsStudy:
-    return shared_digits_study(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

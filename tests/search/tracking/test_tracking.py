@@ -27,7 +27,6 @@ import pytest
 import yaml
 from mlflow.entities import Run, ViewType
 from optuna.trial import TrialState, create_trial
-from rich.console import Console
 
 from search.context import RunRequest
 from search.engine.run import prepare, run
@@ -43,50 +42,12 @@ from search.tracking.runs import TrialRuns, close_stale_run, close_stale_trial_r
 from search.tracking.tracker import MlflowTracker, tracking_hook
 from search.tracking.view import VIEW_TAG
 from search.tracking.writer import Guard, prepare_mlflow, stopped_message
+from tests.support.tracking import Saboteur, quiet, write_space
 from trainer.sources import ImageTable
 from trainer.types import EpochMetrics, FoldResult
 
-SPACE = """\
-from search.space import choice, loguniform
-
-data = "builtin:digits"
-holdout = 0.0
-image_size = 32
-folds = 2
-epochs = 2
-backbone = "test_vit"
-batch_size = 64
-augment = "none"
-hflip = False
-pruner = "none"
-lr = loguniform(1e-3, 1e-2)
-dropout = choice(0.0, 0.2)
-"""
 EPOCH_METRICS = ("train_loss", "val_loss", "accuracy", "f1_macro", "lr")
 DIGITS = 1797
-
-
-def write_space(folder: Path, name: str = "tiny") -> Path:
-    """A tiny search space over digits (2 folds x 2 epochs of test_vit at 32 px)."""
-    path = folder / f"{name}.py"
-    path.write_text(SPACE)
-    return path
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=160)
-
-
-class Saboteur(Hooks):
-    """Fails trial 1 in its second epoch and prunes trial 2 in its second fold."""
-
-    def epoch_ended(self, trial: optuna.Trial, row) -> None:
-        if trial.number == 1 and row.epoch == 1:
-            raise RuntimeError("boom (raised by the test)")
-        if trial.number == 2 and row.fold == 1:
-            trial.set_user_attr("pruned_reason", "pruned by the test")
-            trial.set_user_attr("pruned_at", {"fold": 1, "epoch": row.epoch + 1})
-            raise optuna.TrialPruned("pruned by the test")
 
 
 @dataclass

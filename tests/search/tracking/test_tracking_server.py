@@ -3,7 +3,7 @@ server that dies or hangs mid-study costs the study nothing but its tracking."""
 
 from __future__ import annotations
 
-import io
+import argparse
 import os
 import signal
 import socket
@@ -20,16 +20,16 @@ import mlflow
 import optuna
 import pytest
 from optuna.trial import TrialState
-from rich.console import Console
 
 from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.hooks import Hooks
 from search.keys import TRIAL_RUN_ATTR
+from search.tracking import ui
 from search.tracking.tracker import MlflowTracker, tracking_hook
 from search.tracking.ui import free_port, server_command, start_server, stop_server
 from search.tracking.writer import prepare_mlflow
-from tests.search.tracking.test_tracking import write_space
+from tests.support.tracking import quiet, write_space
 
 STOPPED = "stopped answering"
 
@@ -54,10 +54,6 @@ def mlflow_server(folder: Path, store: str | None = None) -> Iterator[Server]:
         yield Server(f"http://127.0.0.1:{port}", store, process, log)
     finally:
         stop_server(process)
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=160)
 
 
 class StopServerAfterFirstTrial(Hooks):
@@ -258,3 +254,23 @@ def test_hpo_ui_stopped_by_a_supervisor_stops_its_server_too(stop):
         for server in servers:  # what a failed stop left behind
             with suppress(ProcessLookupError):
                 os.killpg(server, signal.SIGKILL)
+
+
+def test_a_signal_before_the_wait_still_stops_the_server(monkeypatch):
+    """SIGTERM may come while the addresses are printed (the supervisor test's race)."""
+    prepare_mlflow()
+    mlflow.MlflowClient().search_experiments()  # creates ./mlflow.db
+    stopped = []
+    monkeypatch.setattr(ui, "start_server", lambda *a, **k: "the server")
+    monkeypatch.setattr(ui, "stop_server", stopped.append)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt  # what the SIGTERM handler raises
+
+    monkeypatch.setattr(ui, "_print_addresses", interrupted)
+    args = argparse.Namespace(study=None, port=free_port(), host="127.0.0.1")
+    try:
+        status = ui.cmd_ui(args)
+    except KeyboardInterrupt:
+        pytest.fail(f"the interrupt escaped hpo ui; servers stopped: {stopped}")
+    assert status == 0 and stopped == ["the server"]
