@@ -28,7 +28,7 @@ def test_import_contracts_hold():
         # `hpo status` reads the study and prints its table.
         "import search.cli.status",
         # `hpo ui` starts MLflow's server.
-        "import search.tracking.ui",
+        "import search.cli.ui",
     ],
 )
 def test_light_commands_import_neither_torch_timm_nor_albumentations(code):

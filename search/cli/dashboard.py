@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 
-from search.tracking.ui import check_port, serve_until_stopped, stop_server
+from search.tracking.server import check_port, serve_until_stopped, stop_server
 from trainer.errors import UserError
 
 _START_SECONDS = 60.0

@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 # Before albumentations is imported anywhere: it would ask PyPI for updates on every start.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from search.cli import cache, dashboard, data, export, predict, run, status
+from search.cli import cache, dashboard, data, export, predict, run, status, ui
 from search.cli.args import ArgumentsError, Parser, with_fix
-from search.tracking import ui
 from trainer.errors import UserError
 
 Handler = Callable[[argparse.Namespace], int]

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 
 from search.study.storage import StudyPlace
-from search.tracking.ui import free_port
+from search.tracking.server import free_port
 
 
 def _hpo_like_study(name: str, trials: int) -> StudyPlace:

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from search.cli.main import main
 from search.study.storage import SQLITE_BUSY_SECONDS, open_storage
-from search.tracking.ui import free_port
+from search.tracking.server import free_port
 
 TINY = ["folds=2", "backbone=test_vit", "augment=none", "heartbeat=1", "threads=1"]
 SPACE = """\

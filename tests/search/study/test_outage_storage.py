@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 from search.engine.runner import run_trial
 from search.keys import SURPLUS
 from search.study.resilient import ResilientStorage, StorageUnavailable, is_outage
-from search.tracking.ui import free_port
+from search.tracking.server import free_port
 
 GONE, BACK = "is not answering", "is back after"
 

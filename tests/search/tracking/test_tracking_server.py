@@ -21,13 +21,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.cli import ui
 from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.hooks import Hooks
 from search.keys import TRIAL_RUN_ATTR
-from search.tracking import ui
+from search.tracking.server import free_port, server_command, start_server, stop_server
 from search.tracking.tracker import MlflowTracker, tracking_hook
-from search.tracking.ui import free_port, server_command, start_server, stop_server
 from search.tracking.writer import prepare_mlflow
 from tests.support.tracking import quiet, write_space
 
@@ -135,7 +135,7 @@ def test_a_server_that_hangs_is_given_up_within_the_timeout(monkeypatch, capfd):
 
 UI_SCRIPT = """
 import argparse, sys
-from search.tracking import ui
+from search.cli import ui
 parser = argparse.ArgumentParser(prog="hpo")
 ui.add_parser(parser.add_subparsers())
 args = parser.parse_args(sys.argv[1:])

@@ -1,16 +1,11 @@
-"""`hpo ui`: the MLflow UI of the tracking store hpo writes to, and where a study's runs are.
+"""The MLflow server behind `hpo ui`: started on loopback, waited for, stopped with its group.
 
-The store is the one `hpo run` uses: ``MLFLOW_TRACKING_URI`` if set, else MLflow's default
-(``sqlite:///mlflow.db`` in the working directory). A local store gets its own ``mlflow server``
-bound to loopback unless ``--host`` says otherwise; a tracking server is already running, so
-only its address is printed. The address printed is the study's runs table with the "Model
-training" view, because MLflow's plain experiment page opens in its GenAI view, and it lists the
-study's trials best first with their parameters and score as columns (see `search.tracking.view`).
+`search.cli.ui` is the verb; `hpo dashboard` stops its server the same way. A supervisor's
+SIGTERM or a closed terminal's SIGHUP stop hpo as Ctrl-C does, so no server outlives it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -18,15 +13,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from search.keys import STUDY_TAG
-from search.tracking.view import UI_PORT, VIEW_TAG, runs_address
 from trainer.errors import UserError
 
-_REMOTE = ("http://", "https://")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _STARTUP_SECONDS = 120.0
 
@@ -35,53 +27,9 @@ class UiError(UserError):
     """The UI cannot be started as asked."""
 
 
-def add_parser(verbs: argparse._SubParsersAction) -> None:
-    """Add the ``ui`` verb: ``hpo ui [STUDY] [--port 5000] [--host 127.0.0.1]``."""
-    ui = verbs.add_parser("ui", help="start the MLflow UI for the studies' runs")
-    ui.add_argument("study", nargs="?", help="study whose runs table to open (default: all)")
-    ui.add_argument(
-        "--port", type=int, default=UI_PORT, help=f"port to listen on (default {UI_PORT})"
-    )
-    ui.add_argument(
-        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine)"
-    )
-    ui.set_defaults(handler=cmd_ui)
-
-
-def cmd_ui(args: argparse.Namespace) -> int:
-    """Start the UI (or point at the tracking server), print the address, wait for Ctrl-C."""
-    from search.tracking.writer import prepare_mlflow
-
-    prepare_mlflow()
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith(_REMOTE):
-        return _point_at_server(uri, args.study)
-    _check_store(uri)
-    check_port(args.host, args.port)
-    studies = _experiments(uri, args.study)  # an unknown study fails before anything starts
-    with _stop_signals_interrupt():
-        try:
-            server = start_server(uri, host=args.host, port=args.port)
-        except KeyboardInterrupt:
-            return 0  # start_server stops what it started
-        # A signal may come while the addresses are printed, before the wait below: the server
-        # must not outlive hpo then either.
-        try:
-            print(f"MLflow UI for {uri} (Ctrl-C to stop):")
-            _print_addresses(f"http://{_visible_host(args.host)}:{args.port}", studies)
-            serve_until_stopped(server)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            stop_server(server)
-    return 0
-
-
 def serve_until_stopped(server: subprocess.Popen) -> None:
     """Wait until ``server`` exits, or Ctrl-C, SIGTERM or SIGHUP; it never outlives this call."""
-    with _stop_signals_interrupt():
+    with stop_signals_interrupt():
         try:
             server.wait()
         except KeyboardInterrupt:
@@ -91,7 +39,7 @@ def serve_until_stopped(server: subprocess.Popen) -> None:
 
 
 @contextmanager
-def _stop_signals_interrupt() -> Iterator[None]:
+def stop_signals_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP raise `KeyboardInterrupt`, so the server is stopped as on Ctrl-C.
 
     The server runs in its own session (Ctrl-C reaches only hpo), so a supervisor, `timeout`,
@@ -109,20 +57,6 @@ def _stop_signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _point_at_server(uri: str, study: str | None) -> int:
-    base = uri.rstrip("/")
-    print(f"MLflow tracking server: {base}")
-    try:
-        studies = _experiments(uri, study)
-    except UiError:
-        raise
-    except Exception:  # the server is down or refuses us: its address is all we know
-        print(f"  (could not list its studies; open {base})")
-        return 0
-    _print_addresses(base, studies)
-    return 0
 
 
 def server_command(store: str, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -187,7 +121,7 @@ def start_server(
 def _wait_until_it_answers(
     server: subprocess.Popen, store: str, *, host: str, port: int, timeout: float
 ) -> None:
-    health = f"http://{_visible_host(host)}:{port}/health"
+    health = f"http://{visible_host(host)}:{port}/health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -242,20 +176,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _visible_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
-def _check_store(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise UiError(
-                f"No MLflow store at {path}: run `hpo run` in this folder first, or set "
-                "MLFLOW_TRACKING_URI to the store your studies wrote to."
-            )
-
-
 def check_port(host: str, port: int) -> None:
     with socket.socket() as probe:
         try:
@@ -266,26 +186,6 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-Study = tuple[str, str, Mapping[str, str]]  # name, experiment id, experiment tags
-
-
-def _print_addresses(base: str, studies: list[Study]) -> None:
-    if not studies:
-        print(f"  {base} (no studies yet)")
-    for name, experiment_id, tags in studies:
-        print(f"  {name}: {runs_address(base, experiment_id, view=VIEW_TAG in tags)}")
-
-
-def _experiments(uri: str, study: str | None) -> list[Study]:
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    if study is not None:
-        found = client.get_experiment_by_name(study)
-        if found is None:
-            raise UiError(
-                f"No experiment named '{study}' in {uri}; `hpo ui` without a study lists them."
-            )
-        return [(study, found.experiment_id, found.tags)]
-    studies = client.search_experiments(filter_string=f"tags.`{STUDY_TAG}` != ''")
-    return [(e.name, e.experiment_id, e.tags) for e in studies]
+def visible_host(host: str) -> str:
+    """The address to print for a server bound to ``host`` (loopback for every interface)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
