@@ -85,6 +85,7 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 USER_TAG = "mlflow.user"
 SOURCE_NAME_TAG = "mlflow.source.name"
 SOURCE_TYPE_TAG = "mlflow.source.type"
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + a view's name, on an experiment
 
 # MLflow metric names
 # Out-of-fold scores are optimistic (each fold's best epoch is chosen on them, the best trial is

@@ -16,8 +16,7 @@ from urllib.parse import quote, urlencode
 
 from search import keys
 
-_MLFLOW_VIEW_TAG = "mlflow.sharedViewState."  # MLflow's own prefix for shared views
-VIEW_TAG = _MLFLOW_VIEW_TAG + keys.TRIALS_VIEW
+VIEW_TAG = keys.SHARED_VIEW_TAG_PREFIX + keys.TRIALS_VIEW
 TRIALS_FILTER = f"tags.`{keys.KIND_TAG}` = '{keys.KIND_TRIAL}'"
 SCORE_COLUMN = f"metrics.`{keys.SCORE_MEAN_METRIC}`"
 UI_PORT = 5000  # `hpo ui`'s default port
