@@ -10,10 +10,13 @@ import argparse
 import importlib.util
 import subprocess
 import sys
-import time
-import urllib.request
 
-from search.tracking.server import check_port, serve_until_stopped, stop_server
+from search.tracking.server import (
+    check_port,
+    serve_until_stopped,
+    stop_server,
+    wait_for_answer,
+)
 from trainer.errors import UserError
 
 _START_SECONDS = 60.0
@@ -82,19 +85,8 @@ def start_dashboard(storage_url: str, *, host: str, port: int) -> subprocess.Pop
 
 
 def _wait_until_it_answers(server: subprocess.Popen, url: str, port: int) -> None:
-    deadline = time.monotonic() + _START_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise DashboardError(f"optuna-dashboard exited with status {server.returncode}.")
-        if _answers(url):
-            return
-        time.sleep(0.3)
-    raise DashboardError(f"optuna-dashboard did not answer on port {port} within a minute.")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
+    failed = wait_for_answer(server, url, timeout=_START_SECONDS, interval=0.3)
+    if failed == "exited":
+        raise DashboardError(f"optuna-dashboard exited with status {server.returncode}.")
+    if failed:
+        raise DashboardError(f"optuna-dashboard did not answer on port {port} within a minute.")

@@ -122,14 +122,31 @@ def _wait_until_it_answers(
     server: subprocess.Popen, store: str, *, host: str, port: int, timeout: float
 ) -> None:
     health = f"http://{visible_host(host)}:{port}/health"
+    failed = wait_for_answer(server, health, timeout=timeout, interval=0.5)
+    if failed == "exited":
+        raise UiError(f"mlflow server for {store} exited with status {server.returncode}.")
+    if failed:
+        raise UiError(
+            f"mlflow server for {store} did not answer on port {port} in {timeout:.0f} s."
+        )
+
+
+def wait_for_answer(
+    server: subprocess.Popen, url: str, *, timeout: float, interval: float
+) -> str | None:
+    """Poll ``url`` until it answers 200: None then, ``"exited"`` or ``"silent"`` if it never does.
+
+    ``"exited"``: ``server`` ended first (its ``returncode`` says how); ``"silent"``: ``timeout``
+    seconds passed.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise UiError(f"mlflow server for {store} exited with status {server.returncode}.")
-        if _answers(health):
-            return
-        time.sleep(0.5)
-    raise UiError(f"mlflow server for {store} did not answer on port {port} in {timeout:.0f} s.")
+            return "exited"
+        if _answers(url):
+            return None
+        time.sleep(interval)
+    return "silent"
 
 
 def stop_server(server: subprocess.Popen) -> None:
