@@ -75,7 +75,7 @@ class TrainConfig:
     nothing of studies, reads them here like any other field.
         device: ``cuda``, ``cuda:1``, ``mps`` or ``cpu``; ``None`` picks cuda, then mps, then cpu.
         amp: Mixed precision; ``None`` means on for CUDA.
-        channels_last: Channels-last memory format; ``None`` means on for CUDA.
+        channels_last: Channels-last memory format; ``None`` means on for CUDA and CPU.
         num_workers: Loader worker processes; ``None`` picks from the device and core count.
         threads: Torch CPU threads; ``None`` keeps what the process has.
         eval_batch_size: Images per evaluation batch; ``None`` means the trainer's default

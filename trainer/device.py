@@ -60,7 +60,11 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
     on_cuda = device.type == "cuda"
     amp = on_cuda if config.amp is None else config.amp and on_cuda
     amp_dtype = cuda_autocast_dtype() if amp else None
-    channels_last = on_cuda if config.channels_last is None else config.channels_last
+    # oneDNN (CPU) and cuDNN run convolutions faster on channels-last tensors. On 2 CPU cores
+    # a training step at 32 px, batch 32 and 64, took this share of its NCHW time: test_resnet
+    # 0.75-0.79, test_convnext 0.88-1.07, test_vit (no convolutions but its stem) 1.00-1.04.
+    fast_layout = device.type in ("cuda", "cpu")
+    channels_last = fast_layout if config.channels_last is None else config.channels_last
     if on_cuda:
         # Shapes are fixed within a fold, so cuDNN's autotuning pays for itself after a step.
         torch.backends.cudnn.benchmark = True

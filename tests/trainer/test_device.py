@@ -51,3 +51,9 @@ def test_every_core_count_honours_the_affinity_mask(monkeypatch):
     assert worker_count(None, tasks=1000) == 3
     assert worker_count(-2, tasks=1000) == 2
     assert ensemble._decode_threads() == 3
+
+
+def test_channels_last_is_on_for_the_cpu_unless_the_config_says_otherwise():
+    assert resolve_runtime(TrainConfig(device="cpu", num_workers=0)).channels_last
+    off = TrainConfig(device="cpu", num_workers=0, channels_last=False)
+    assert not resolve_runtime(off).channels_last

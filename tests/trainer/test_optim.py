@@ -139,3 +139,29 @@ def test_plateau_with_gamma_one_is_constant():
 def test_none_is_constant():
     schedule = build_schedule(TrainConfig(scheduler="none"), _optimizer(), 4)
     assert _epoch_lrs(schedule, [1.0, 2.0, 3.0], steps_per_epoch=4) == pytest.approx([0.1] * 3)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_cpu_parameters_get_the_fused_step_with_the_same_update(name):
+    torch.manual_seed(0)
+    model = _model()
+    fused = build_optimizer(TrainConfig(lr=0.1, optimizer=name), model.parameters())
+    assert all(group["fused"] for group in fused.param_groups)
+    twin = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    looped = build_optimizer(TrainConfig(lr=0.1, optimizer=name), twin)
+    for group in looped.param_groups:  # torch's own loop over the parameters, for reference
+        group["fused"] = None
+    for optimizer, params in ((fused, list(model.parameters())), (looped, twin)):
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.5 * (step + 1))
+            optimizer.step()
+    for a, b in zip(model.parameters(), twin, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_integer_parameters_keep_torchs_default_step():
+    optimizer = build_optimizer(TrainConfig(), [torch.nn.Parameter(torch.zeros(3))])
+    assert optimizer.param_groups[0]["fused"]
+    frozen = torch.nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)
+    assert build_optimizer(TrainConfig(), [frozen]).param_groups[0]["fused"] is None
