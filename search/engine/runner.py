@@ -97,7 +97,7 @@ def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: Ru
         KeyboardInterrupt: After recording the running trial as failed.
     """
     deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
-    failures = 0
+    failures, waiting_since = 0, None
     while True:
         fail_stale_trials(study)
         finished, running = count_trials(study)
@@ -110,8 +110,12 @@ def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: Ru
             study.set_user_attr(STOPPED, {"reason": reason, "finished": finished})
             return "patience"
         if finished + running >= limits.target:
-            time.sleep(limits.poll_seconds)  # others are running the last trials; one may fail
+            # Others are running the last trials; one may fail, or its worker die, and then
+            # this process runs it again.
+            waiting_since = waiting_since or time.monotonic()
+            time.sleep(tail_pause(time.monotonic() - waiting_since, limits.poll_seconds))
             continue
+        waiting_since = None
         with warnings.catch_warnings():
             # Optuna warns that heartbeats are meant for optimize(); this loop beats itself.
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
@@ -126,6 +130,18 @@ def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: Ru
         failures = failures + 1 if frozen.state == TrialState.FAIL else 0
         if failures >= limits.max_failures:
             raise TooManyFailures(_too_many(frozen, failures))
+
+
+def tail_pause(waited: float, most: float) -> float:
+    """Seconds to sleep before looking at the study again, ``waited`` seconds into the tail.
+
+    While other workers run the study's last trials, this one looks often at first (the last
+    trial usually ends within seconds of the first idle worker, and every second a finished
+    worker waits is a second the whole run waits for it) and backs off to ``most`` (the run's
+    poll interval), so that many idle workers do not load a shared storage during a long last
+    trial.
+    """
+    return min(most, max(0.25, waited / 10))
 
 
 def _too_many(last: FrozenTrial, failures: int) -> str:

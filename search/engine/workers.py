@@ -169,17 +169,31 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def watch(current: StudyRun, workers: Sequence[Worker], *, every: float = 2.0) -> None:
-    """Print each trial as it finishes, whoever ran it, until every worker has exited."""
+def watch(
+    current: StudyRun, workers: Sequence[Worker], *, every: float = 2.0, exits: float = 0.2
+) -> None:
+    """Print each trial as it finishes, whoever ran it, until every worker has exited.
+
+    The storage is read every ``every`` seconds; the workers' exits are checked every
+    ``exits`` seconds, so that the export starts as soon as the last worker is done.
+    """
     seen = {t.number for t in visible_trials(current.study) if t.state.is_finished()}
     current.console.print(f"{current.place.name}: {summary_line(current.study, current.target)}")
+    looked = time.monotonic()
     while any(w.process.poll() is None for w in workers):
-        time.sleep(every)
-        for trial in visible_trials(current.study):
-            if trial.state.is_finished() and trial.number not in seen:
-                seen.add(trial.number)
-                line = f"{trial_line(trial)}  |  {summary_line(current.study, current.target)}"
-                current.console.print(line, soft_wrap=True)
+        time.sleep(exits)
+        if time.monotonic() - looked >= every:
+            _print_new_trials(current, seen)
+            looked = time.monotonic()
+    _print_new_trials(current, seen)  # those that ended since the last look
+
+
+def _print_new_trials(current: StudyRun, seen: set[int]) -> None:
+    for trial in visible_trials(current.study):
+        if trial.state.is_finished() and trial.number not in seen:
+            seen.add(trial.number)
+            line = f"{trial_line(trial)}  |  {summary_line(current.study, current.target)}"
+            current.console.print(line, soft_wrap=True)
 
 
 def _outcome(current: StudyRun, workers: Sequence[Worker]) -> str:

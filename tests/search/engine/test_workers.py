@@ -13,10 +13,12 @@ from types import SimpleNamespace
 import optuna
 import pytest
 from optuna.trial import TrialState
+from rich.console import Console
 
 from search.cli.main import build_parser, main
 from search.context import RunRequest
-from search.engine.workers import WorkersFailed, outcome_of, worker_command
+from search.engine.runner import tail_pause
+from search.engine.workers import Worker, WorkersFailed, outcome_of, watch, worker_command
 from search.study.storage import StudyPlace
 
 TINY = ["folds=2", "epochs=1", "backbone=test_vit", "augment=none", "heartbeat=1"]
@@ -245,3 +247,40 @@ def test_ctrl_c_in_the_terminal_fails_the_workers_trials_cleanly(space):
     assert {t.user_attrs["fail_reason"] for t in interrupted} == {"interrupted (Ctrl-C)"}
     for log in sorted(Path("studies/w/logs").glob("worker-*.log")):
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_an_idle_worker_looks_often_at_first_then_backs_off_to_the_poll_interval():
+    pauses = [tail_pause(waited, 5.0) for waited in (0, 1, 3, 10, 30, 60, 600)]
+    assert pauses[0] == 0.25  # the last trial usually ends within seconds
+    assert pauses == sorted(pauses)
+    assert pauses[-2:] == [5.0, 5.0]  # a long last trial: no more than the run's interval
+    assert tail_pause(100, 0) == 0  # a run told not to wait does not
+
+
+class _LastTrial:
+    """A worker process that ends the study's last trial, then exits with 0."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study, self.polls = study, 0
+
+    def poll(self) -> int | None:
+        self.polls += 1
+        if self.polls == 2:
+            self.study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.8))
+        return None if self.polls < 3 else 0
+
+
+def test_the_parent_prints_the_trials_that_ended_after_its_last_look_and_does_not_wait():
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.9))
+    console = Console(record=True, width=200)
+    place = SimpleNamespace(name="w")
+    current = SimpleNamespace(study=study, console=console, target=2, place=place)
+    started = time.monotonic()
+    # The storage is read at the start and once the worker has exited, not in between.
+    watch(current, [Worker(0, _LastTrial(study), Path("log"))], every=3600, exits=0.01)
+    assert time.monotonic() - started < 5  # not a storage interval (3600 s)
+    text = console.export_text()
+    lines = text.splitlines()
+    assert not [line for line in lines if line.startswith("trial 0 ")]  # ended before: not news
+    assert [line for line in lines if line.startswith("trial 1 0.8000")]
