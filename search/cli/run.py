@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if request.workers > 1:
         from search.engine.workers import run_workers
 
-        outcome = run_workers(request, gpus=args.gpus)
+        outcome = run_workers(request, gpus=args.gpus, serve=_serve)
     else:
         from search.engine.workers import pin_this_process
 
@@ -72,3 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome == "timeout":
         make_console().print("Stopped at --timeout; run the same command again to go on.")
     return 0
+
+
+def _serve(argv: list[str]) -> int:
+    """`hpo` with ``argv``, in this process: what a worker forked from `hpo run` runs."""
+    from search.cli.main import main
+
+    return main(argv)

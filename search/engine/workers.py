@@ -2,9 +2,11 @@
 
 The parent creates the study (and its splits and MLflow study run) first, so workers only join
 it; each worker is an ordinary `hpo run` of the same study pinned to its GPU (or given
-``cores / N`` threads on a CPU-only machine). The parent watches the shared storage to show
-progress, and exports when the workers are done. A worker that dies loses nothing: its trial's
-heartbeat stops, and another worker fails and retries it.
+``cores / N`` threads on a CPU-only machine). On a CPU-only Linux machine the workers are forked
+before that, once the parent has imported everything, and wait for their command lines
+(`search.engine.spares`): they do not pay the imports again. The parent watches the shared
+storage to show progress, and exports when the workers are done. A worker that dies loses
+nothing: its trial's heartbeat stops, and another worker fails and retries it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from search.context import RunRequest, StudyRun
 from search.engine.progress import trial_line
 from search.engine.run import default_hooks, finish, hooks_for, prepare
 from search.engine.runner import count_trials
+from search.engine.spares import ForkedProcess, Serve, Spare, can_fork, fork_spares
 from search.study.report import summary_line, visible_trials
 from search.study.stopping import stagnation
 from trainer.device import cpu_count
@@ -41,7 +44,7 @@ class Worker:
     """One worker process and where its output goes."""
 
     index: int
-    process: subprocess.Popen
+    process: subprocess.Popen | ForkedProcess
     log: Path
 
 
@@ -88,21 +91,29 @@ def worker_command(
 
 
 def start_workers(
-    request: RunRequest, current: StudyRun, gpus: Sequence[str] | None
+    request: RunRequest,
+    current: StudyRun,
+    plan: Sequence[dict[str, str]],
+    spares: Sequence[Spare] = (),
 ) -> Iterator[Worker]:
     """Start the worker processes one by one; their output goes to studies/<name>/logs/.
 
-    Each worker gets a process group of its own: a terminal's Ctrl-C (sent to its whole
-    foreground group) then reaches only the parent, which passes it on once (see `_stop`). A
-    worker interrupted twice could be cut short while it records its trial as failed.
+    Worker ``i`` gets the environment overrides ``plan[i]``, and runs in ``spares[i]`` when
+    spares were forked. Each worker gets a process group of its own: a terminal's Ctrl-C (sent
+    to its whole foreground group) then reaches only the parent, which passes it on once (see
+    `_stop`). A worker interrupted twice could be cut short while it records its trial as failed.
     """
     logs = current.place.folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for index, env in enumerate(plan_devices(request.workers, gpus)):
+    for index, env in enumerate(plan):
         log = logs / f"worker-{index}.log"
+        command = worker_command(request, current, index, env)
+        if spares:
+            yield Worker(index, spares[index].start(command, env, log), log)
+            continue
         with log.open("ab") as sink:
             process = subprocess.Popen(
-                worker_command(request, current, index, env),
+                command,
                 env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -111,14 +122,33 @@ def start_workers(
         yield Worker(index, process, log)
 
 
-def run_workers(request: RunRequest, *, gpus: Sequence[str] | None = None) -> str:
+def run_workers(
+    request: RunRequest, *, gpus: Sequence[str] | None = None, serve: Serve | None = None
+) -> str:
     """Run the study with ``request.workers`` processes; the parent watches and exports.
+
+    Args:
+        request: The run, as for a single process.
+        gpus: The GPUs to spread the workers over (default: every visible one).
+        serve: Runs `hpo` with an argument list in this process. Given, and where
+            `spares.can_fork` allows, the workers are forked from this process before the study
+            is opened (see `search.engine.spares`); otherwise they start as new processes.
 
     Raises:
         WorkersFailed: If every worker stopped and the study is short of its target.
         KeyboardInterrupt: After passing Ctrl-C (or SIGTERM, or a hangup) on to the workers
             and waiting for them.
     """
+    plan = plan_devices(request.workers, gpus)
+    spares = fork_spares(len(plan), serve) if serve is not None and can_fork(plan) else []
+    try:
+        return _run_workers(request, plan, spares)
+    finally:
+        for spare in spares:  # those never started (the study could not be opened, Ctrl-C)
+            spare.cancel()
+
+
+def _run_workers(request: RunRequest, plan: Sequence[dict[str, str]], spares: list[Spare]) -> str:
     current = prepare(request)
     # The parent's hooks see no trial: they set up (the MLflow study run, before any worker
     # looks for it) and close the study (tables, plots, checkpoint sweep).
@@ -127,7 +157,7 @@ def run_workers(request: RunRequest, *, gpus: Sequence[str] | None = None) -> st
     outcome = "failed"
     try:
         with _stopping_signals_interrupt():
-            workers.extend(start_workers(request, current, gpus))
+            workers.extend(start_workers(request, current, plan, spares))
             current.console.print(
                 f"Started {len(workers)} workers on study '{current.place.name}'; logs in "
                 f"{workers[0].log.parent}"

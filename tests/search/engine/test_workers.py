@@ -102,7 +102,7 @@ def runs(monkeypatch):
         calls.append(("here", os.environ.get("CUDA_VISIBLE_DEVICES"), None))
         return "done"
 
-    def run_workers(request, *, gpus=None):
+    def run_workers(request, *, gpus=None, serve=None):
         calls.append((f"{request.workers} workers", os.environ.get("CUDA_VISIBLE_DEVICES"), gpus))
         return "done"
 
@@ -141,23 +141,25 @@ sys.exit(130 if received else 1)
 """
 # The parent: a real `hpo run --workers 2` whose workers are the stand-in above.
 PARENT = f"""\
-import signal, sys
+import os, signal, sys
 # As in a terminal, whatever the shell that started the tests ignores (nohup, a background job).
 for signum in (signal.SIGTERM, signal.SIGHUP):
     signal.signal(signum, signal.SIG_DFL)
 from search.engine import workers
 workers.worker_command = lambda *_: [sys.executable, "-c", {COUNTING_WORKER!r}]
+if os.environ.get("HPO_TEST_START") == "new process":  # not forked (as with GPUs)
+    workers.can_fork = lambda plan: False
 from search.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def start_parent(space: Path) -> subprocess.Popen:
+def start_parent(space: Path, start: str = "forked") -> subprocess.Popen:
     """The parent in a session of its own, so that the test can play its terminal."""
     argv = ["run", str(space), "--trials", "4", "--workers", "2", *TINY, "tracking=none"]
     return subprocess.Popen(
         [sys.executable, "-c", PARENT, *argv],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "HPO_TEST_START": start},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -177,12 +179,17 @@ def wait_for_workers(parent: subprocess.Popen, logs: Path, timeout: float = 300)
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("signum", "to_group"),
-    [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, False)],
-    ids=["ctrl-c-in-the-terminal", "sigterm-to-the-parent", "hangup"],
+    ("signum", "to_group", "start"),
+    [
+        (signal.SIGINT, True, "forked"),
+        (signal.SIGINT, True, "new process"),
+        (signal.SIGTERM, False, "forked"),
+        (signal.SIGHUP, False, "forked"),
+    ],
+    ids=["ctrl-c-in-the-terminal", "ctrl-c-workers-not-forked", "sigterm-to-the-parent", "hangup"],
 )
-def test_each_worker_is_interrupted_exactly_once(space, signum, to_group):
-    parent = start_parent(space)
+def test_each_worker_is_interrupted_exactly_once(space, signum, to_group, start):
+    parent = start_parent(space, start)
     logs = Path("studies/w/logs")
     try:
         wait_for_workers(parent, logs)
