@@ -34,6 +34,7 @@ from search.study.storage import (
     load_hpo_study,
     open_storage,
     open_study,
+    redact_url,
     resolve_holdout,
     splits_id,
     stored_folds,
@@ -241,7 +242,7 @@ def _export(current: StudyRun) -> None:
 def _report(current: StudyRun) -> None:
     console = current.console
     console.print(trials_table(current.study, title=f"Top trials of study '{current.place.name}'"))
-    console.print(f"Study storage: {current.place.storage_url}")
+    console.print(f"Study storage: {redact_url(current.place.storage_url)}")  # no password
     console.print(f"Study folder:  {current.place.folder}")
     note = holdout_note(current.space, len(current.table))
     if note:  # beside the scores it is about

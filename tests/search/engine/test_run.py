@@ -179,3 +179,26 @@ def test_cli_data_reports_classes_sizes_groups_and_unreadable_files(tmp_path, ca
     out = capsys.readouterr().out
     assert "6 images in 2 classes, 4 groups\n" in out
     assert "dog/broken.jpg" in out
+
+
+def test_the_end_of_a_run_names_the_storage_without_its_password(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from search.engine import run as run_module
+
+    monkeypatch.setattr(run_module, "holdout_note", lambda space, size: None)
+    console = Console(record=True, width=200)
+    url = "postgresql://optuna:s3cret@db.example:5432/hpo"
+    current = SimpleNamespace(
+        console=console,
+        study=optuna.create_study(),
+        place=SimpleNamespace(name="b", storage_url=url, folder=tmp_path),
+        space=None,
+        table=[],
+    )
+    run_module._report(current)
+    text = console.export_text()
+    assert "Study storage: postgresql://optuna:***@db.example:5432/hpo" in text
+    assert "s3cret" not in text
