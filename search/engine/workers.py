@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ from search.context import RunRequest, StudyRun
 from search.engine.progress import trial_line
 from search.engine.run import default_hooks, finish, hooks_for, prepare
 from search.engine.runner import count_trials
-from search.engine.spares import ForkedProcess, Serve, Spare, can_fork, fork_spares
+from search.engine.spares import HPO_COMMAND, ForkedProcess, Serve, Spare, can_fork, fork_spares
 from search.study.report import summary_line, visible_trials
 from search.study.stopping import stagnation
 from trainer.device import cpu_count
@@ -87,7 +86,7 @@ def worker_command(
     ]
     if request.timeout is not None:
         flags.append(f"--timeout={request.timeout}")
-    return [sys.executable, "-m", "search.cli", "run", request.space, *overrides, *flags]
+    return [*HPO_COMMAND, "run", request.space, *overrides, *flags]
 
 
 def start_workers(
