@@ -1,17 +1,25 @@
 """The study's sampler: scrambled Halton for the start-up trials, then the model-based one.
 
-- Start-up trials follow Optuna's `QMCSampler` (shifted, scrambled Halton, as the Deep Learning
-  Tuning Playbook recommends for exploration) over the whole space, conditional parameters
-  included, so that they cover it evenly. The sequence is seeded by the study's seed and indexed
-  through the study's storage, so processes sharing a study take different points.
+- Start-up trials take points of a scrambled Halton sequence (as the Deep Learning Tuning
+  Playbook recommends for exploration) over the whole space, conditional parameters included,
+  so that they cover it evenly. The sequence is seeded by the study's seed, and trial ``n``
+  takes a point whose index is a function of ``n`` alone (`Halton`): processes sharing a
+  study never take the same point. (Optuna's `QMCSampler` counts its points in the storage,
+  and two workers that read the counter at the same moment take the same point.)
 - Then TPE (multivariate, grouped when the space has conditions) with ``constant_liar=True``:
   running trials count as bad, so parallel workers do not propose the same point.
+- After the start-up, one trial in `EXPLORE_EVERY` still takes the next Halton point, as BOHB
+  samples a fixed fraction of its configurations at random. A model fitted to a few noisy
+  trials can settle on the first good region it saw (a fast-learning backbone, say) and never
+  propose the region that ends better; the interleaved points keep probing the whole space,
+  and one that beats the model's region becomes the model's new lead.
 - The model-based sampler sees the study through `TellView`: a trial pruned because its loss or
   score diverged is shown without intermediate values, which TPE ranks below every other
-  pruned trial, instead of by the rung it had reached. A proposal that is a near-copy of a
-  trial the study already has (same choices, every number within a tenth of its range) is
-  proposed again; after a few near-copies in a row the trial explores a random point instead:
-  re-training a near-copy teaches the study little.
+  pruned trial, instead of by the rung it had reached.
+- After the start-up, a proposal that is a near-copy of a trial the study already has (same
+  choices, every number within a tenth of its range) is not trained: the model proposes
+  again, and after a few near-copies in a row (or at once, for a Halton point) the trial takes
+  a random point instead. Re-training a near-copy teaches the study little.
 - ``random`` draws each trial from a generator seeded by (study seed, trial number), unique
   across processes and still repeatable for a lone process.
 
@@ -35,14 +43,14 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.samplers import BaseSampler, QMCSampler, RandomSampler
+from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from search.keys import DIVERGED
 
 STARTUP_TRIALS = 10
-_RETRIES = 4  # proposals of the model-based sampler before a near-copy is accepted
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+EXPLORE_EVERY = 3  # after the start-up, trials numbered 2, 5, 8, ... (mod 3) explore
+_RETRIES = 4  # proposals of the model-based sampler before a random point is taken instead
 
 
 def _told(trial: FrozenTrial) -> FrozenTrial:
@@ -106,14 +114,91 @@ class PerTrialRandom(BaseSampler):
         return _random_value(self.seed, trial, name, dist)
 
 
+def halton_point(space: Mapping[str, BaseDistribution], *, seed: int, index: int) -> dict[str, Any]:
+    """Point ``index`` (from 0) of the scrambled Halton sequence over ``space``, seeded.
+
+    One coordinate per parameter, in ``space``'s order; a coordinate ``u`` in [0, 1) becomes
+    the value at that share of the range (of its logarithm for a log range), a choice the
+    ``floor(u * choices)``-th one.
+    """
+    from scipy.stats import qmc  # here: scipy.stats takes a second to import (hpo status)
+
+    engine = qmc.Halton(len(space), scramble=True, rng=seed)
+    if index:
+        engine.fast_forward(index)
+    unit = engine.random(1)[0]
+    return {
+        name: _from_unit(dist, float(u))
+        for (name, dist), u in zip(space.items(), unit, strict=True)
+    }
+
+
+def _from_unit(dist: BaseDistribution, u: float) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
+    assert isinstance(dist, FloatDistribution | IntDistribution)
+    low, high = float(dist.low), float(dist.high)
+    if isinstance(dist, IntDistribution) and not dist.log:
+        count = (dist.high - dist.low) // dist.step + 1  # every value an equal share
+        return dist.low + min(int(u * count), count - 1) * dist.step
+    if dist.log:
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        value = low + u * (high - low)
+    if isinstance(dist, IntDistribution):
+        return min(max(round(value), dist.low), dist.high)
+    if dist.step is not None:
+        value = low + round((value - low) / dist.step) * dist.step
+    return min(max(value, low), high)
+
+
+class Halton(BaseSampler):
+    """Scrambled Halton over ``space``; trial ``n`` takes the point of index ``n``.
+
+    Args:
+        space: Every searched parameter's distribution (conditional ones included; a
+            parameter a trial does not reach simply goes unused).
+        seed: The sequence's scrambling.
+    """
+
+    def __init__(self, *, space: Mapping[str, BaseDistribution], seed: int) -> None:
+        self.space = {k: d for k, d in space.items() if not d.single()}
+        self.seed = seed
+
+    def point(self, index: int) -> dict[str, Any]:
+        """The sequence's point ``index``."""
+        return halton_point(self.space, seed=self.seed, index=index)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return dict(self.space)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self.point(trial.number) if search_space else {}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, name: str, dist: BaseDistribution
+    ) -> Any:
+        return _random_value(self.seed, trial, name, dist)
+
+
 class Staged(BaseSampler):
-    """Scrambled Halton over ``space`` for the first ``startup`` finished trials, then ``inner``.
+    """Scrambled Halton for the first ``startup`` trials, then ``inner``, with Halton interleaved.
+
+    After the start-up, trials whose number is ``explore_every - 1`` modulo ``explore_every``
+    take the next Halton point (see the module docstring). Which trials explore, and which
+    point each takes, follow from the trial number alone: workers sharing a study agree on
+    both without asking each other.
 
     Args:
         inner: The model-based sampler; it sees the study through `TellView`.
         space: Every searched parameter's distribution (conditional ones included).
         seed: The study's seed (the Halton sequence's scrambling).
-        startup: Finished trials (complete or pruned) before ``inner`` takes over.
+        startup: Trials (numbers 0 to ``startup - 1``) that explore before ``inner`` is asked.
+        explore_every: One trial in this many explores after the start-up; None: none does.
     """
 
     def __init__(
@@ -123,29 +208,33 @@ class Staged(BaseSampler):
         space: Mapping[str, BaseDistribution],
         seed: int,
         startup: int = STARTUP_TRIALS,
+        explore_every: int | None = EXPLORE_EVERY,
     ) -> None:
-        self.inner, self.space, self.seed, self.startup = inner, dict(space), seed, startup
-        self.qmc = QMCSampler(
-            qmc_type="halton", scramble=True, seed=seed, warn_independent_sampling=False
-        )
-        # Decided once per trial, in before_trial: another worker finishing a trial between
-        # two calls for the same trial must not switch it from one sampler to the other.
-        self._exploring: dict[int, bool] = {}
+        self.inner, self.seed, self.startup = inner, seed, startup
+        self.explore_every = explore_every
+        self.halton = Halton(space=space, seed=seed)
 
-    def _explores(self, trial: FrozenTrial) -> bool:
-        return self._exploring.get(trial.number, False)
+    def explores(self, number: int) -> bool:
+        """Whether trial ``number`` takes a Halton point (start-up or interleaved)."""
+        every = self.explore_every
+        return number < self.startup or (every is not None and number % every == every - 1)
+
+    def halton_index(self, number: int) -> int:
+        """The Halton index of exploring trial ``number``: how many explore before it."""
+        if number <= self.startup or self.explore_every is None:
+            return min(number, self.startup)
+        every = self.explore_every  # numbers below n that are every - 1 modulo every: n // every
+        return self.startup + number // every - self.startup // every
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        finished = len(study._get_trials(deepcopy=False, states=_FINISHED))
-        self._exploring[trial.number] = finished < self.startup
-        if not self._explores(trial):
+        if not self.explores(trial.number):
             self.inner.before_trial(TellView(study), trial)  # type: ignore[arg-type]
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        if self._explores(trial):
-            return {k: d for k, d in self.space.items() if not d.single()}
+        if self.explores(trial.number):
+            return self.halton.infer_relative_search_space(study, trial)
         return self.inner.infer_relative_search_space(TellView(study), trial)  # type: ignore[arg-type]
 
     def sample_relative(
@@ -153,24 +242,28 @@ class Staged(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        if self._explores(trial):
-            return self.qmc.sample_relative(study, trial, search_space)
-        view: Any = TellView(study)
+        if trial.number < self.startup:  # spread evenly by construction
+            return self.halton.point(self.halton_index(trial.number))
         others = [
             t for t in study._get_trials(deepcopy=False) if t.params and t.number != trial.number
         ]
-        for _ in range(_RETRIES):
-            params = self.inner.sample_relative(view, trial, search_space)
-            # Re-training a near-copy of a tried config teaches little; propose again.
+        if self.explores(trial.number):
+            proposals = [self.halton.point(self.halton_index(trial.number))]
+        else:
+            view: Any = TellView(study)
+            proposals = (
+                self.inner.sample_relative(view, trial, search_space) for _ in range(_RETRIES)
+            )
+        for params in proposals:
+            # Re-training a near-copy of a tried config teaches little.
             if not any(_close(params, t.params, t.distributions, 0.1) for t in others):
                 return params
-        # The model keeps to the same spot: explore instead.
         return {name: _random_value(self.seed, trial, name, d) for name, d in search_space.items()}
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, name: str, dist: BaseDistribution
     ) -> Any:
-        if self._explores(trial):
+        if self.explores(trial.number):
             return _random_value(self.seed, trial, name, dist)
         return self.inner.sample_independent(TellView(study), trial, name, dist)  # type: ignore[arg-type]
 
@@ -181,7 +274,7 @@ class Staged(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        if not self._exploring.pop(trial.number, False):
+        if not self.explores(trial.number):
             self.inner.after_trial(study, trial, state, values)
 
 
@@ -205,10 +298,7 @@ def build_sampler(
     if name == "random":
         return PerTrialRandom(seed=seed)
     if name == "qmc":
-        # QMC numbers its points through the storage, so parallel workers do not repeat.
-        return QMCSampler(
-            qmc_type="halton", scramble=True, seed=seed, warn_independent_sampling=False
-        )
+        return Halton(space=space, seed=seed)  # indexed by trial number: workers never repeat
     inner: BaseSampler
     if name == "cmaes":
         inner = optuna.samplers.CmaEsSampler(seed=process_seed, warn_independent_sampling=False)

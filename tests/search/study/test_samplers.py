@@ -13,7 +13,14 @@ from optuna.trial import TrialState, create_trial
 from search.keys import DIVERGED
 from search.space import choice, loguniform
 from search.space.settings import SAMPLERS
-from search.study.samplers import Staged, TellView, build_sampler, is_near_copy, near_copies
+from search.study.samplers import (
+    Staged,
+    TellView,
+    build_sampler,
+    halton_point,
+    is_near_copy,
+    near_copies,
+)
 
 SPACE = {"lr": loguniform(1e-4, 1e-1), "loss": choice("ce", "focal")}
 DISTRIBUTIONS = {name: s.distribution for name, s in SPACE.items()}
@@ -147,8 +154,15 @@ WIDE = {
 
 def _exploit(sampler: optuna.samplers.BaseSampler) -> list[int]:
     """Near-copies among 30 trials of a study with one sharp optimum."""
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    for _ in range(30):
+    return near_copies(_exploit_study(sampler, 30).trials)
+
+
+def _exploit_study(
+    sampler: optuna.samplers.BaseSampler, n: int, study: optuna.Study | None = None
+) -> optuna.Study:
+    """``n`` trials of a study over `WIDE` with one sharp optimum."""
+    study = study or optuna.create_study(direction="maximize", sampler=sampler)
+    for _ in range(n):
         trial = study.ask()
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
         wd = trial.suggest_float("wd", 1e-5, 1e-1, log=True)
@@ -156,7 +170,7 @@ def _exploit(sampler: optuna.samplers.BaseSampler) -> list[int]:
         trial.suggest_categorical("loss", ("ce", "focal"))
         loss = abs(math.log10(lr / 3e-3)) + 0.3 * abs(math.log10(wd / 1e-3)) + abs(dropout - 0.1)
         study.tell(trial, -loss)
-    return near_copies(study.trials)
+    return study
 
 
 def test_the_model_based_sampler_does_not_propose_near_copies_of_tried_configs():
@@ -168,3 +182,44 @@ def test_the_model_based_sampler_does_not_propose_near_copies_of_tried_configs()
         staged += len(_exploit(Staged(inner, space=WIDE, seed=seed, startup=10)))
     assert plain >= 5  # TPE alone exploits its best point by proposing copies of it
     assert staged == 0
+
+
+class _Recording(optuna.samplers.BaseSampler):
+    """A model-based sampler stand-in: TPE, noting the trials it was asked to sample."""
+
+    def __init__(self) -> None:
+        self.inner = optuna.samplers.TPESampler(seed=0, multivariate=True, n_startup_trials=1)
+        self.asked: set[int] = set()
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        self.asked.add(trial.number)
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, name, dist):
+        return self.inner.sample_independent(study, trial, name, dist)
+
+
+def test_after_the_start_up_one_trial_in_three_continues_the_halton_sequence():
+    model = _Recording()
+    sampler = Staged(model, space=WIDE, seed=7, startup=10)
+    params = [t.params for t in _exploit_study(sampler, 31).trials]
+    exploring = [n for n in range(31) if n < 10 or n % 3 == 2]
+    assert sorted(model.asked) == [n for n in range(31) if n not in exploring]
+    # The exploring trials take the Halton sequence's points in order, continued where the
+    # start-up ended (after it, a point that is a near-copy of a tried config is not trained).
+    halton = [halton_point(sampler.halton.space, seed=7, index=i) for i in range(len(exploring))]
+    taken = [params[n] == point for n, point in zip(exploring, halton, strict=True)]
+    assert all(taken[:10]) and sum(taken) >= len(taken) - 2
+
+
+@pytest.mark.parametrize("every", [2, 3, 5, None])
+def test_each_exploring_trial_has_its_own_halton_point_whoever_asks(every):
+    # The index follows from the trial number alone: no counter in the storage that two
+    # workers could read at the same moment.
+    sampler = Staged(optuna.samplers.RandomSampler(), space=WIDE, seed=7, explore_every=every)
+    indices = [sampler.halton_index(n) for n in range(300) if sampler.explores(n)]
+    assert indices == list(range(len(indices)))
+    assert len(indices) == 10 if every is None else len(indices) > 10 + 290 // (every + 1)
