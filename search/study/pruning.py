@@ -20,9 +20,15 @@ Three rules decide (see `build_pruner`):
   our own.
 - `PairedGap`, after 2 or more folds: the fold scores are compared pairwise with the best
   trial's on the same folds (every trial trains the same splits). It prunes when the mean
-  paired gap is larger than a one-sided ``1 - p`` bound on the noise, ``z * s / sqrt(n)``,
-  where ``s`` is the spread of the paired differences but never less than the best trial's
-  fold standard deviation (two folds that happen to agree must not look noise-free). Optuna's
+  paired gap is larger than a one-sided ``1 - p`` bound on the noise, ``z * s / sqrt(n)``.
+  ``s``, the noise of one paired fold difference, is measured where it can be: among the
+  best complete trials, pair by pair (`pair_noise`); it is never less than the best trial's
+  fold standard deviation or the spread of this trial's own differences (two folds that
+  happen to agree must not look noise-free). With ``s`` from the new trial's two or three
+  differences alone, or from the best trial's fold std (which mostly measures how much
+  harder one fold is than another, and that cancels in a pair), trials as good as the best
+  but for chance were pruned after two of three folds: up to half of a study's epochs went
+  into trials thrown away at two thirds of their cost (bench/search_quality.py). Optuna's
   `WilcoxonPruner` (``pruner="wilcoxon"``) uses the exact signed-rank test, whose smallest
   p-value is ``2**-n``: at ``p=0.1`` it cannot act before 4 folds.
 - A guard over both fold rules: a trial that has trained more than half of its folds and whose
@@ -148,6 +154,8 @@ class Comparison:
         gap: Mean of (best - mine), sign-adjusted so that positive means worse than the best.
         spread: Sample standard deviation of the paired differences (0 for one pair).
         best_std: The best trial's fold standard deviation.
+        pair_noise: The standard deviation of a paired fold difference between two trials,
+            pooled over the best complete trials (`pair_noise`; 0 with fewer than two).
         mine: The trial's mean over the ``n`` folds.
         theirs: The best trial's mean over the same folds.
     """
@@ -157,12 +165,18 @@ class Comparison:
     gap: float
     spread: float
     best_std: float
+    pair_noise: float
     mine: float
     theirs: float
 
     def bound(self, z: float) -> float:
         """The largest gap that noise explains at one-sided level ``z``."""
-        return z * max(self.spread, self.best_std) / math.sqrt(self.n)
+        return z * self.noise / math.sqrt(self.n)
+
+    @property
+    def noise(self) -> float:
+        """The standard deviation of one paired fold difference that the rule assumes."""
+        return max(self.spread, self.best_std, self.pair_noise)
 
 
 def best_complete(study: optuna.Study) -> FrozenTrial | None:
@@ -171,6 +185,32 @@ def best_complete(study: optuna.Study) -> FrozenTrial | None:
         return study.best_trial
     except ValueError:
         return None
+
+
+def pair_noise(study: optuna.Study, top: int = 5) -> float:
+    """How much two trials' scores on the same fold differ by chance, pooled over the best.
+
+    For every pair among the ``top`` best complete trials, the sample variance of their
+    per-fold differences (their mean difference removed) measures the noise of one paired
+    difference; the square root of the mean over pairs is returned (0 with fewer than two
+    trials). Neither the best trial's fold standard deviation, which mostly measures how
+    much harder one fold is than another (that cancels in a paired difference), nor the
+    spread of a new trial's first two or three differences measures it: the first is too
+    small where folds are alike, the second is itself noise.
+    """
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    reverse = study.direction == StudyDirection.MAXIMIZE
+    ranked = sorted(
+        (t for t in done if t.value is not None), key=lambda t: t.value, reverse=reverse
+    )
+    folds = [_scores(t) for t in ranked[:top]]
+    variances = [
+        statistics.variance([x - y for x, y in zip(a, b, strict=False)])
+        for i, a in enumerate(folds)
+        for b in folds[i + 1 :]
+        if min(len(a), len(b)) > 1
+    ]
+    return math.sqrt(statistics.fmean(variances)) if variances else 0.0
 
 
 def compare_with_best(study: optuna.Study, scores: Sequence[float]) -> Comparison | None:
@@ -188,6 +228,7 @@ def compare_with_best(study: optuna.Study, scores: Sequence[float]) -> Compariso
         gap=statistics.fmean(gaps),
         spread=statistics.stdev(gaps) if n > 1 else 0.0,
         best_std=float(best.user_attrs.get(SCORE_STD) or 0.0),
+        pair_noise=pair_noise(study),
         mine=statistics.fmean(scores),
         theirs=statistics.fmean(theirs[:n]),
     )
@@ -352,5 +393,7 @@ def explain_fold_prune(study: optuna.Study, scores: Sequence[float], p: float) -
     z = statistics.NormalDist().inv_cdf(1.0 - p)
     return (
         f"{head}; the gap {found.gap:.4f} is larger than noise explains ({found.bound(z):.4f}: "
-        f"one-sided p={p}, fold std {found.best_std:.4f})"
+        f"one-sided p={p}, noise {found.noise:.4f} per fold: the largest of the paired-"
+        f"difference std among the best trials {found.pair_noise:.4f}, the best trial's fold "
+        f"std {found.best_std:.4f} and this trial's {found.spread:.4f})"
     )

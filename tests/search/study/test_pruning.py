@@ -11,7 +11,13 @@ from optuna.trial import TrialState, create_trial
 
 from search.keys import FOLD_SCORES, SCORE_STD
 from search.space.settings import SETTINGS
-from search.study.pruning import Rungs, build_pruner, explain_fold_prune, explain_rung_prune
+from search.study.pruning import (
+    Rungs,
+    build_pruner,
+    compare_with_best,
+    explain_fold_prune,
+    explain_rung_prune,
+)
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 RUNGS = Rungs((1 / 3,), folds=5)  # step 0: a third of fold 0; step n: n folds done
@@ -138,6 +144,23 @@ def test_a_trial_within_the_noise_is_not_stopped_early():
     study = make_study()
     add(study, 0.6, [0.95, 0.97, 0.93, 0.95, 0.96])  # fold std 0.0133
     assert after_folds(running(study, 0.7), [0.945, 0.962]) is None  # gap 0.0065 after 2 folds
+
+
+def test_the_noise_of_a_paired_difference_is_measured_on_the_best_trials():
+    # Fold scores of a real study (bench/search_quality.py, 3 folds, 20% noisy labels): four
+    # complete trials of about the same quality, the best one with folds that happen to agree.
+    study = make_study()
+    for folds in ([0.725, 0.713, 0.729], [0.689, 0.719, 0.747], [0.737, 0.701, 0.719]):
+        add(study, 0.5, folds)
+    add(study, 0.4, [0.707, 0.695, 0.747])
+    for _ in range(3):
+        add(study, 0.3, [0.6], state=TrialState.PRUNED)  # stopped after fold 0
+    found = compare_with_best(study, [0.719, 0.689])
+    assert found.best_std < 0.007 < 0.02 < found.pair_noise
+    # As good as those four but for chance: the gap 0.015 is within the pairs' noise. With the
+    # best trial's fold std as the noise (0.0068) the rule pruned it, two thirds through.
+    assert after_folds(running(study, 0.5), [0.719, 0.689]) is None
+    assert after_folds(running(study, 0.5), [0.70, 0.66]) == 2  # clearly worse: stopped
 
 
 def test_wilcoxon_cannot_act_before_four_folds():
