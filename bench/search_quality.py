@@ -8,7 +8,8 @@ printed first (goal: at least 0.10 apart, or the task cannot tell searches apart
 For each seed, three searches of the same space run with the same compute, counted in epochs
 trained (pruned trials' epochs included):
 
-- ``hpo``: hpo's defaults (Halton start-up, TPE, rung and fold pruning);
+- ``hpo``: hpo's defaults (Halton start-up, then TPE with every third trial on Halton, rung
+  and fold pruning);
 - ``tpe``: the same sampler with ``pruner=none``;
 - ``random``: ``sampler=random pruner=none``, run to 3x the budget.
 
@@ -194,11 +195,50 @@ def spread(runs: list[list[FrozenTrial]]) -> tuple[float, float]:
     return tuple(np.percentile(values, [10, 90])) if values else (float("nan"), float("nan"))
 
 
-def report(args, results: dict[str, list[dict[float, float]]], low: float, high: float) -> None:
+def rung_predictions(runs: list[list[FrozenTrial]], top: int = 20) -> list[list[object]]:
+    """How well each pruning rung's value ranks random configurations by their final CV score.
+
+    Unpruned random trials report at every rung, so for each rung and seed the Spearman rank
+    correlation between the value there and the trial's final value is measured, over every
+    complete trial and over the ``top`` best (among good configurations is where a pruning
+    decision matters). Rows: rung, median correlation over seeds (all, top).
+    """
+    from scipy.stats import spearmanr
+
+    from search.space.settings import StudySettings
+    from search.study.pruning import Rungs
+
+    fractions = tuple(StudySettings().pruner_epoch_rungs)
+    rungs = Rungs(fractions, folds=0)
+    steps = sorted({s for run in runs for t in run for s in t.intermediate_values})
+    rows: list[list[object]] = []
+    for step in steps:
+        done = rungs.folds_done(step)
+        name = f"after {done} fold(s)" if done else f"fold 0 at {fractions[step]:.2g} of its epochs"
+        rho: dict[str, list[float]] = {"all": [], "top": []}
+        for run in runs:
+            trials = [t for t in run if t.state == TrialState.COMPLETE]
+            trials = [t for t in trials if step in t.intermediate_values]
+            best = sorted(trials, key=lambda t: t.value, reverse=True)[:top]
+            for key, group in (("all", trials), ("top", best)):
+                if len(group) > 2:
+                    pairs = [(t.intermediate_values[step], t.value) for t in group]
+                    rho[key].append(float(spearmanr(*zip(*pairs, strict=True))[0]))
+        rows.append([name, median(rho["all"]), median(rho["top"])])
+    return rows
+
+
+def report(args, results: dict[str, list[dict[float, float]]], runs) -> None:
+    low, high = spread(runs["random"])
     common.print_table(
         "Task spread: random configurations' CV accuracy",
         ["P10", "P90", "P90 - P10", "goal", "met"],
         [[low, high, high - low, ">= 0.10", common.meets(high - low, at_least=0.10)]],
+    )
+    common.print_table(
+        "How each rung ranks random configurations by final CV score (Spearman, median over seeds)",
+        ["rung", "all complete", "best 20"],
+        rung_predictions(runs["random"]),
     )
     headers = ["method"] + [f"{p:g}B ({int(p * args.budget)} ep)" for p in POINTS]
     nan = float("nan")
@@ -299,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             results[method].append(scores[method])
             runs[method].append(trials[method])
     print()
-    report(args, results, *spread(runs["random"]))
+    report(args, results, runs)
     return 0
 
 
