@@ -198,11 +198,9 @@ def pair_noise(study: optuna.Study, top: int = 5) -> float:
     spread of a new trial's first two or three differences measures it: the first is too
     small where folds are alike, the second is itself noise.
     """
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    reverse = study.direction == StudyDirection.MAXIMIZE
-    ranked = sorted(
-        (t for t in done if t.value is not None), key=lambda t: t.value, reverse=reverse
-    )
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    ranked = sorted(done, key=lambda t: t.value, reverse=maximize)
     folds = [_scores(t) for t in ranked[:top]]
     variances = [
         statistics.variance([x - y for x, y in zip(a, b, strict=False)])
