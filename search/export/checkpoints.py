@@ -71,8 +71,13 @@ def load_oof(folder: Path, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
     """The ``k`` best complete trials, best first; ties go to the earlier trial."""
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return best_of(study.get_trials(deepcopy=False), study.direction, k)
+
+
+def best_of(trials: list[FrozenTrial], direction: StudyDirection, k: int) -> list[FrozenTrial]:
+    """The ``k`` best complete trials of ``trials``, best first; ties go to the earlier trial."""
+    sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return sorted(complete, key=lambda t: (sign * t.value, t.number))[:k]
 
 
@@ -150,8 +155,11 @@ class CheckpointHook(Hooks):
 
     def sweep(self, study: optuna.Study) -> list[int]:
         """Remove the folders of trials that can no longer be exported; returns their numbers."""
-        keep = {t.number for t in top_trials(study, self.top_k)}
-        states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+        # One read of the storage: with two, a trial another worker completes between them
+        # would be judged finished yet not among the best, and lose its checkpoints.
+        snapshot = study.get_trials(deepcopy=False)
+        keep = {t.number for t in best_of(snapshot, study.direction, self.top_k)}
+        states = {t.number: t.state for t in snapshot}
         removed = []
         for number in _folder_numbers(trials_dir(self.folder)):
             # A folder of an unknown trial may belong to a worker that has not told the storage

@@ -161,3 +161,23 @@ def test_a_full_disk_does_not_end_the_trial(tmp_path, study, monkeypatch):
     monkeypatch.setattr(checkpoints, "write_atomic", _raise(OSError(28, "No space left")))
     hook.fold_ended(trial, _result(0))
     assert "No space left" in study.trials[0].user_attrs["checkpoint_error"]
+
+
+def test_a_trial_that_completes_during_the_sweep_keeps_its_checkpoints(tmp_path, study):
+    # Issue 24 item 2: another worker completes a new best trial between the sweep's reads.
+    hook = CheckpointHook(tmp_path, labels=LABELS, top_k=1)
+    old = _trial(study, hook)
+    study.tell(old, 0.5)
+    racing = _trial(study, hook)  # still running when the sweep starts
+    reads, finished = study.get_trials, []
+
+    def read_then_complete(*args, **kwargs):
+        trials = reads(*args, **kwargs)
+        if racing.number not in finished:
+            finished.append(racing.number)
+            study.tell(racing, 0.9)  # the other worker finishes right after this read
+        return trials
+
+    study.get_trials = read_then_complete
+    hook.sweep(study)
+    assert racing.number in _folders(tmp_path)
