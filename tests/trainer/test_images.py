@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
+from tests.support.deep_png import write_png16
 from trainer.errors import DataError
 from trainer.images import decode_image, resize_array
 
@@ -133,10 +135,11 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     assert np.array_equal(out[..., 0], out[..., 2])
 
 
-def test_12_bit_png_is_scaled_by_its_bit_depth(tmp_path: Path) -> None:
-    # A 12-bit sensor saved as 16-bit PNG: scaled by 65535 it would keep only 17 grey levels.
+def test_12_bit_png_is_scaled_by_its_declared_bit_depth(tmp_path: Path) -> None:
+    # A 12-bit sensor saved as 16-bit PNG with an sBIT chunk: scaled by 65535 it would keep only
+    # 17 grey levels.
     values = np.arange(4096, dtype=np.uint16).reshape(64, 64)
-    path = _save(Image.fromarray(values), tmp_path / "twelve.png")
+    path = write_png16(tmp_path / "twelve.png", values, significant_bits=12)
     assert Image.open(path).mode.startswith("I;16")
 
     out = decode_image(path, 64)[..., 0]
@@ -146,14 +149,71 @@ def test_12_bit_png_is_scaled_by_its_bit_depth(tmp_path: Path) -> None:
     assert out.flat[2048] == 128  # 2048 / 4095 * 255 = 127.5, rounded
 
 
-@pytest.mark.parametrize(("high", "expected"), [(255, 255), (1023, 255), (1024, 64), (16383, 255)])
-def test_the_smallest_bit_depth_that_holds_the_maximum_sets_the_scale(
-    tmp_path: Path, high: int, expected: int
-) -> None:
-    values = np.zeros((8, 8), np.uint16)
-    values[:, 4:] = high
-    out = decode_image(_save(Image.fromarray(values), tmp_path / "deep.png"), 8)
-    assert out[0, 0, 0] == 0 and out[0, 7, 0] == expected
+def test_48_bit_png_keeps_its_range(tmp_path: Path) -> None:
+    # Pillow opens 48-bit PNG as 8-bit "RGB" (high bytes only): 12-bit data came out 0..15.
+    values = np.zeros((64, 64, 3), np.uint16)
+    values[..., 0] = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    values[..., 1] = 2048
+    path = write_png16(tmp_path / "colour.png", values, significant_bits=12)
+    assert Image.open(path).mode == "RGB"
+
+    out = decode_image(path, 64)
+
+    assert len(np.unique(out[..., 0])) == 256 and out[..., 0].max() == 255
+    assert out[0, 0].tolist() == [0, 128, 0]
+
+
+def test_48_bit_colour_decodes_like_16_bit_grey(tmp_path: Path) -> None:
+    values = np.zeros((16, 16), np.uint16)
+    values[:, :8], values[:, 8:] = 1000, 700
+    grey = decode_image(write_png16(tmp_path / "grey.png", values), 16)
+    colour = decode_image(write_png16(tmp_path / "rgb.png", np.dstack([values] * 3)), 16)
+
+    assert np.array_equal(grey, colour)
+    assert grey[0, [0, 15], 0].tolist() == [4, 3]  # 1000 and 700 of 65535
+
+
+def test_48_bit_tiff_decodes_like_48_bit_png(tmp_path: Path) -> None:
+    values = np.zeros((16, 16, 3), np.uint16)
+    values[..., 0], values[..., 1], values[..., 2] = 60000, 1000, 30000
+    tiff = tmp_path / "rgb.tif"
+    assert cv2.imwrite(str(tiff), values[..., ::-1].copy())  # OpenCV writes BGR
+
+    out = decode_image(tiff, 16)
+
+    assert np.array_equal(out, decode_image(write_png16(tmp_path / "rgb.png", values), 16))
+    assert out[3, 3].tolist() == [233, 4, 117]
+
+
+def test_64_bit_rgba_png_is_composited_on_white(tmp_path: Path) -> None:
+    values = np.zeros((16, 16, 4), np.uint16)
+    values[..., 0], values[:, 8:, 3] = 1000, 65535
+
+    out = decode_image(write_png16(tmp_path / "rgba.png", values), 16)
+
+    assert out[3, 3].tolist() == list(WHITE) and out[3, 12].tolist() == [4, 0, 0]
+
+
+def test_48_bit_png_exif_orientation_is_applied(tmp_path: Path) -> None:
+    values = np.zeros((32, 64, 3), np.uint16)
+    values[:, :32, 0], values[:, 32:, 2] = 65535, 65535  # red left, blue right
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = write_png16(tmp_path / "turned.png", values, exif=exif.tobytes())
+
+    out = decode_image(path, 32)
+
+    assert _close(out[3, 16], RED) and _close(out[28, 16], BLUE)
+
+
+def test_one_bright_pixel_does_not_change_the_scale(tmp_path: Path) -> None:
+    # Choosing the bit depth from the image's own maximum made one hot pixel darken the rest.
+    values = np.full((16, 16), 1000, np.uint16)
+    plain = decode_image(write_png16(tmp_path / "plain.png", values), 16)
+    values[0, 0] = 65535
+    hot = decode_image(write_png16(tmp_path / "hot.png", values), 16)
+
+    assert plain[8, 8, 0] == hot[8, 8, 0] == 4
 
 
 def test_32_bit_integer_out_of_16_bit_range_is_stretched(tmp_path: Path) -> None:
