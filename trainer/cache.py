@@ -2,8 +2,9 @@
 
 Every trial, fold, epoch and worker process then memory-maps the same file read-only, so the
 per-epoch cost is augmentation of arrays, never JPEG decoding. The file name carries a key over
-the table's `content_id`, each file's modification time, the image size and a format version:
-editing, replacing or touching an image gives a new key and therefore a fresh build.
+the table's `content_id`, each file's modification time, the image size, a format version and
+the decoder (`trainer.images.decoder_key`): editing, replacing or touching an image, or a change
+to how images are decoded, gives a new key and therefore a fresh build.
 
 Builds are safe to race: a lock file serialises builders of the same key on one machine (the
 second waits, then reuses), and the result appears only through an atomic rename.
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from trainer.cpus import cpu_count
 from trainer.errors import DataError
-from trainer.images import decode_image, resize_array, unreadable_reason
+from trainer.images import decode_image, decoder_key, resize_array, unreadable_reason
 from trainer.sources import ImageTable
 
 FORMAT_VERSION = 1
@@ -127,8 +128,9 @@ def cached_images(
 
 
 def cache_file_name(table: ImageTable, size: int) -> str:
-    """The cache file's name for ``table`` at ``size``; changes whenever any file changes."""
-    digest = hashlib.sha256(f"v{FORMAT_VERSION}/{table.content_id}/{size}".encode())
+    """The cache file's name for ``table`` at ``size``; changes with any file or the decoder."""
+    key = f"v{FORMAT_VERSION}/{decoder_key()}/{table.content_id}/{size}"
+    digest = hashlib.sha256(key.encode())
     if table.root is not None:
         for i in range(len(table)):
             digest.update(b"%d," % _mtime_ns(table, i))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import trainer
 import trainer.cache as cache
+import trainer.images as images
+from tests.support.deep_png import write_png16
 from trainer.cache import CachedImages, cache_dir, cached_images, worker_count
 from trainer.cpus import cpu_count
 from trainer.errors import DataError
@@ -114,6 +118,59 @@ def test_changing_a_file_rebuilds_with_new_pixels(image_folder: Path, make_image
     assert second.decoded == 24
     assert second.images[index, 5, 5].tolist() == [250, 250, 0]
     assert not np.array_equal(first.images[index], second.images[index])
+
+
+def test_a_new_decoder_rebuilds(image_folder: Path, decodes, monkeypatch) -> None:
+    # A cache made by an older decoding must not keep feeding training its old pixels.
+    first = _build(image_folder)
+    monkeypatch.setattr(images, "DECODER_VERSION", images.DECODER_VERSION + 1)
+
+    second = _build(image_folder)
+
+    assert second.decoded == 24 and len(decodes) == 48
+    assert second.path != first.path
+
+
+def _reference_images(folder: Path) -> list[Path]:
+    """One file per decoding path: 8-bit, palette with transparency, 16-bit, sBIT, 48/64-bit."""
+    rng = np.random.default_rng(24)
+    deep = rng.integers(0, 65536, (12, 12, 4), dtype=np.uint16)
+    folder.mkdir()
+    Image.fromarray(deep[..., :3].astype(np.uint8)).save(folder / "rgb.png")
+    Image.fromarray(deep[..., 0].astype(np.uint8) % 6).convert("P").save(
+        folder / "palette.png", transparency=2
+    )
+    Image.fromarray(deep[..., 0]).save(folder / "grey16.png")
+    Image.fromarray((deep[..., 0] / 65535).astype(np.float32)).save(folder / "float.tif")
+    write_png16(folder / "twelve.png", deep[..., 1] >> 4, significant_bits=12)
+    write_png16(folder / "rgb48.png", deep[..., :3])
+    write_png16(folder / "rgba64.png", deep)
+    return sorted(folder.iterdir())
+
+
+# The digest of the reference images' decoded pixels under each DECODER_VERSION. A change to
+# decoding changes the digest: bump DECODER_VERSION (so every cache is rebuilt) and add it here.
+DECODED_DIGESTS = {2: "bf6c09dcd0e80bce"}
+
+
+def test_decoding_changes_only_with_a_new_decoder_version(tmp_path: Path) -> None:
+    digest = hashlib.sha256()
+    for path in _reference_images(tmp_path / "reference"):
+        digest.update(decode_image(path, 12).tobytes())  # native size: no resampling involved
+    for values in (np.arange(144, dtype=np.uint16).reshape(12, 12) * 400, np.eye(12) * 0.5):
+        digest.update(resize_array(values, 12).tobytes())
+
+    assert DECODED_DIGESTS.get(images.DECODER_VERSION) == digest.hexdigest()[:16], (
+        "decoded pixels changed: bump trainer.images.DECODER_VERSION and record the new digest"
+    )
+
+
+def test_the_cache_key_names_the_decoder(image_folder: Path, monkeypatch) -> None:
+    table = load_table(image_folder)
+    before = cache.cache_file_name(table, 24)
+    monkeypatch.setattr(images, "_REDUCING_GAP", 2.0)
+
+    assert cache.cache_file_name(table, 24) != before
 
 
 def test_each_size_has_its_own_cache(image_folder: Path, tmp_path: Path) -> None:
