@@ -1,6 +1,8 @@
 """The live progress view of `hpo run`: finished of target, the running trial, the best so far.
 
 On a terminal it is a live panel; in a log (not a TTY) it prints one line per finished trial.
+Every line fits the console's width: the parameters give way first, and a pruned trial's reason
+is the brief one (the full one is in its attributes and `hpo status STUDY --trial N`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from rich.text import Text
 
 from search import keys
 from search.hooks import Hooks
-from search.study.report import format_params, make_console, summary_line
+from search.study.report import format_params, make_console, pruned_where, shorten, summary_line
 
 if TYPE_CHECKING:
     import optuna
@@ -44,7 +46,8 @@ class Progress(Hooks):
             self.live = Live(self._render(), console=self.console, refresh_per_second=4)
             self.live.__enter__()
         else:
-            self.console.print(f"{self.study.study_name}: {self.summary}", soft_wrap=True)
+            head = shorten(f"{self.study.study_name}: {self.summary}", self.console.width)
+            self.console.print(head, soft_wrap=True, markup=False)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -54,7 +57,7 @@ class Progress(Hooks):
     def _render(self) -> Group:
         elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self.started))
         head = Text(f"{self.study.study_name} · {self.summary} · {elapsed}", style="bold")
-        return Group(head, Text(self.running))
+        return Group(head, Text(self.running, no_wrap=True, overflow="ellipsis"))
 
     def _refresh(self) -> None:
         if self.live is not None:
@@ -77,25 +80,47 @@ class Progress(Hooks):
 
     def trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.summary = summary_line(study, self.target)
-        line = trial_line(trial)
         if self.live is not None:
-            self.live.console.print(line, soft_wrap=True)
+            line = trial_line(trial, width=self.live.console.width)
+            self.live.console.print(line, soft_wrap=True, markup=False)
         else:
-            self.console.print(f"{line}  |  {self.summary}", soft_wrap=True)
+            line = trial_line(trial, width=self.console.width, suffix=f"  |  {self.summary}")
+            self.console.print(line, soft_wrap=True, markup=False)
         self.running = "starting the next trial"
         self._refresh()
 
 
-def trial_line(trial: FrozenTrial) -> str:
-    """One line saying how a finished trial ended, with its key numbers and parameters."""
+def trial_line(trial: FrozenTrial, *, width: int | None = None, suffix: str = "") -> str:
+    """One line saying how a finished trial ended, with its key numbers and parameters.
+
+    Args:
+        trial: The finished trial.
+        width: The most characters the line may have (None: no limit); the parameters are
+            shortened first, then the rest.
+        suffix: Text to end the line with (e.g. the study's summary in a log).
+    """
     attrs = trial.user_attrs
     folds = len(attrs.get(keys.FOLD_SCORES, []))
     epochs, seconds = attrs.get(keys.EPOCHS, 0), attrs.get(keys.SECONDS, 0)
     where = f"{folds} folds, {epochs} epochs, {seconds:.1f}s"
+    head = f"trial {trial.number} {_outcome(trial)} ({where})"
+    params = format_params(trial.params)
+    if width is None:
+        return f"{head} {params}{suffix}"
+    room = width - len(head) - len(suffix) - 1
+    if room >= _MIN_PARAMS:
+        return f"{head} {shorten(params, room)}{suffix}"
+    return shorten(f"{head}{suffix}", width)
+
+
+_MIN_PARAMS = 12  # narrower than this, the parameters are left out of the line
+
+
+def _outcome(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
     if trial.state == TrialState.COMPLETE:
-        outcome = f"{trial.value:.4f} ± {attrs.get(keys.SCORE_STD, 0):.4f}"
-    elif trial.state == TrialState.PRUNED:
-        outcome = f"pruned: {attrs.get(keys.PRUNED_REASON, '')}"
-    else:
-        outcome = f"failed: {attrs.get(keys.FAIL_REASON_ATTR, '')}"
-    return f"trial {trial.number} {outcome} ({where}) {format_params(trial.params)}"
+        return f"{trial.value:.4f} ± {attrs.get(keys.SCORE_STD, 0):.4f}"
+    if trial.state == TrialState.PRUNED:
+        # The full reason is a few hundred characters; the brief one fits a line.
+        return (attrs.get(keys.PRUNED_AT) or {}).get("brief") or pruned_where(trial)
+    return f"failed: {attrs.get(keys.FAIL_REASON_ATTR, '')}"

@@ -1,4 +1,9 @@
-"""How a trial reports to Optuna: only at its rungs, then the study's pruner decides there."""
+"""How a trial reports to Optuna: only at its rungs, then the study's pruner decides there.
+
+When the pruner stops a trial, the reporter says why twice: in full (stored as the trial's
+``pruned_reason``, shown by `hpo status STUDY --trial N`) and in a few words (``brief`` in its
+``pruned_at``, for the one line `hpo run` prints per trial).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,14 @@ from typing import Any
 import optuna
 from optuna.study import StudyDirection
 
-from search.study.pruning import Rungs, explain_fold_prune, explain_rung_prune
+from search.study.pruning import (
+    Rungs,
+    compare_with_best,
+    explain_fold_prune,
+    explain_rung_prune,
+    peer_threshold,
+    peer_values,
+)
 
 
 class RungReporter:
@@ -30,7 +42,8 @@ class RungReporter:
         self.done = 0
         self.best: float | None = None
         self.reported: set[int] = set()
-        # Where the trial was pruned: fold, epoch (1-based), rung (the Optuna step), score.
+        # Where the trial was pruned: fold, epoch (1-based), rung (the Optuna step), score, and
+        # why in a few words (brief).
         self.pruned_at: dict[str, Any] | None = None
 
     def after_epoch(self, fold: int, epoch: int, score: float) -> str | None:
@@ -42,11 +55,13 @@ class RungReporter:
         step = self.epoch_steps.get(epoch)
         if step is None or not self._ask(step, self.best):
             return None
-        share = Fraction(epoch + 1, self.epochs)
+        where = f"fold {fold}, epoch {epoch + 1}"
+        brief = self._below_median(f"at {where}/{self.epochs}", step, self.best)
         self.pruned_at = {"fold": fold, "epoch": epoch + 1, "rung": step, "score": self.best}
-        at = f"fold {fold}, epoch {epoch + 1} of {self.epochs} ({share} of its schedule)"
-        study = self.trial.study
-        return explain_rung_prune(study, self.trial.number, step, self.best, f"{at}, best so far")
+        self.pruned_at["brief"] = brief
+        share = Fraction(epoch + 1, self.epochs)
+        at = f"{where} of {self.epochs} ({share} of its schedule), best so far"
+        return explain_rung_prune(self.trial.study, self.trial.number, step, self.best, at)
 
     def after_fold(self, fold: int, scores: Sequence[float]) -> str | None:
         """After a whole fold (``scores`` holds every fold so far): why to prune, or None."""
@@ -56,11 +71,32 @@ class RungReporter:
         step, mean = self.rungs.fold_step(self.done), float(statistics.fmean(scores))
         if not self._ask(step, mean):
             return None
-        self.pruned_at = {"fold": fold, "epoch": None, "rung": step, "score": mean}
+        brief = self._brief_after_folds(fold, scores, step)
+        self.pruned_at = {"fold": fold, "epoch": None, "rung": step, "score": mean, "brief": brief}
         study = self.trial.study
         if self.done == 1:
             return explain_rung_prune(study, self.trial.number, step, mean, f"after fold {fold}")
         return explain_fold_prune(study, scores, self.p)
+
+    def _below_median(self, at: str, step: int, score: float) -> str:
+        """``pruned at fold 0, epoch 2/6: 0.7123 below the median 0.8011``."""
+        study = self.trial.study
+        peers = peer_values(study, self.trial.number, step)
+        median = peer_threshold(peers, study.direction, 50.0) if peers else float("nan")
+        side = "below" if self.maximize else "above"
+        return f"pruned {at}: {score:.4f} {side} the median {median:.4f}"
+
+    def _brief_after_folds(self, fold: int, scores: Sequence[float], step: int) -> str:
+        """``pruned after 2 folds: 0.8530 vs best 0.9950 (gap > noise)``."""
+        if len(scores) == 1:
+            return self._below_median(f"after fold {fold}", step, scores[0])
+        found = compare_with_best(self.trial.study, scores)
+        if found is None:
+            return f"pruned after {len(scores)} folds by the fold rule"
+        return (
+            f"pruned after {found.n} folds: {found.mine:.4f} vs best {found.theirs:.4f} "
+            "(gap > noise)"
+        )
 
     def _ask(self, step: int, value: float) -> bool:
         # A step is reported once (Optuna ignores a second report of it, e.g. after a fold is

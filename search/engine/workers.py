@@ -221,8 +221,9 @@ def _print_new_trials(current: StudyRun, seen: set[int]) -> None:
     for trial in visible_trials(current.study):
         if trial.state.is_finished() and trial.number not in seen:
             seen.add(trial.number)
-            line = f"{trial_line(trial)}  |  {summary_line(current.study, current.target)}"
-            current.console.print(line, soft_wrap=True)
+            summary = f"  |  {summary_line(current.study, current.target)}"
+            line = trial_line(trial, width=current.console.width, suffix=summary)
+            current.console.print(line, soft_wrap=True, markup=False)
 
 
 def _outcome(current: StudyRun, workers: Sequence[Worker]) -> str:

@@ -72,6 +72,11 @@ def format_params(params: dict[str, Any], limit: int = 6) -> str:
     return " ".join(parts[:limit]) + more
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` characters, ending in an ellipsis when cut."""
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

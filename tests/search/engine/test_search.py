@@ -82,7 +82,13 @@ def test_the_rung_score_is_the_best_so_far_and_is_labelled_so():
     assert study.trials[trial.number].intermediate_values == {0: 0.5}
     assert reason.startswith("fold 0, epoch 2 of 4 (1/2 of its schedule), best so far: score 0.5")
     assert "below the median 0.8500 of the 3 other trials" in reason
-    assert reporter.pruned_at == {"fold": 0, "epoch": 2, "rung": 0, "score": 0.5}
+    assert reporter.pruned_at == {
+        "fold": 0,
+        "epoch": 2,
+        "rung": 0,
+        "score": 0.5,
+        "brief": "pruned at fold 0, epoch 2/4: 0.5000 below the median 0.8500",
+    }
 
 
 def test_a_bad_trial_is_stopped_at_its_first_rung_and_records_where_and_what_it_cost():
@@ -99,7 +105,9 @@ def test_a_bad_trial_is_stopped_at_its_first_rung_and_records_where_and_what_it_
         "epoch": 2,
         "rung": 0,
         "score": pytest.approx(max(bad.intermediate_values.values())),
+        "brief": bad.user_attrs[PRUNED_AT]["brief"],
     }
+    assert bad.user_attrs[PRUNED_AT]["brief"].startswith("pruned at fold 0, epoch 2/6: ")
     assert bad.user_attrs[EPOCHS] == 2 and "of the 2 other trials" in bad.user_attrs[PRUNED_REASON]
 
 
