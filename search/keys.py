@@ -35,6 +35,7 @@ RUN_CONTROL_ATTR = "hpo.run_control"  # run-control settings of the latest run (
 CLASSES_ATTR = "hpo.classes"  # class names, in label order
 FOLD_OF_ATTR = "hpo.fold_of"  # each image's fold (-1: holdout)
 DATA_ATTR = "hpo.data"  # the data source the study was created with
+STUDY_UID_ATTR = "hpo.study_uid"  # random id, also written in studies/<name>/study.json
 
 # Trial user attributes: what a trial ran with
 CONFIG_ATTR = "config"  # the resolved TrainConfig as a dict

@@ -374,6 +374,14 @@ def test_e29_study_exists_with_other_data(capsys):
     untouched(capsys, "E29", ["run", "tiny.py", "--data", "data2"])
 
 
+def test_e47_same_study_name_in_another_storage(capsys):
+    # Its trials would have deleted and overwritten the checkpoints in studies/tiny/.
+    kept = sorted(p.name for p in Path("studies/tiny").rglob("*"))
+    untouched(capsys, "E47", ["run", "tiny.py", "--storage", "sqlite:///other.db"])
+    assert sorted(p.name for p in Path("studies/tiny").rglob("*")) == kept
+    assert "tiny" not in optuna.get_all_study_names("sqlite:///other.db")
+
+
 def test_e30_study_name_that_is_not_usable(capsys):
     untouched(capsys, "E30", ["run", "tiny.py", "--study", "a/b"])
 

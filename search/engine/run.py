@@ -24,6 +24,7 @@ from search.hooks import HookList, Hooks
 from search.keys import BASELINE, STOPPED
 from search.space.spacefile import Space, load_space
 from search.study.data import StudyData
+from search.study.folder import check_folder, check_owner, claim_folder
 from search.study.report import make_console, trials_table
 from search.study.splits import fold_splits
 from search.study.storage import (
@@ -61,9 +62,11 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     storage = open_storage(place.storage_url, heartbeat=heartbeat, patience=patience)
     space = resolve_holdout(storage, place, space, table)  # what the study stores
     check_study(storage, place, space, table)  # before decoding: a mismatch fails in seconds
+    check_folder(storage, place)  # before the study exists: another one's folder is refused
     check_images(space, table, progress=request.progress)
     process_seed = _process_seed(request, space.settings.seed)
     study = open_study(storage, place, space, table, process_seed=process_seed)
+    claim_folder(study, place)
     # `hpo export` reads the latest run-control settings (top_k, tta, tracking) from here.
     study.set_user_attr(keys.RUN_CONTROL_ATTR, space.settings.run_control())
     console = console or make_console()
@@ -116,7 +119,9 @@ def copy_trials(
     source_place = StudyPlace.of(name, storage)  # the same storage as this study's
     if source_place.name == place.name:
         raise StudyError(f"--warm-start {name} names the study being run; name another study.")
-    done = warm_start(study, load_hpo_study(source_place), name, space)
+    source = load_hpo_study(source_place)
+    check_owner(source, source_place)  # its folder's checkpoints must be its own
+    done = warm_start(study, source, name, space)
     if done.already:
         console.print(f"Warm start: the trials of study '{name}' were copied in an earlier run.")
         return

@@ -18,6 +18,7 @@ import optuna
 
 from search import keys
 from search.space.settings import SETTINGS, StudySettings
+from search.study.folder import check_owner
 from search.study.storage import StudyError, StudyPlace, load_hpo_study
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ def storage_source(name: str, *, storage: str | None, data: str | None) -> Study
     """
     place = StudyPlace.of(name, storage)
     study = load_hpo_study(place)
+    check_owner(study, place)  # the checkpoints in its folder must be its own
     settings = stored_settings(study)
     reader = _DataReader(study, data or settings.data)
     return StudySource(study, place, settings, reader.labels, reader.images)

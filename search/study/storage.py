@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -193,8 +194,7 @@ def redact_url(url: str) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     # SQLAlchemy prefixes the driver's exception class: "(psycopg.OperationalError) ...".
-    first = re.sub(r"^\([\w.]+\) ", "", text[0]) if text else type(err).__name__
-    return first.rstrip(".")
+    return (re.sub(r"^\([\w.]+\) ", "", text[0]) if text else type(err).__name__).rstrip(".")
 
 
 def open_study(
@@ -252,8 +252,7 @@ def resolve_holdout(
     except KeyError:
         stored = {}
     value = stored.get(keys.IDENTITY_ATTR, {}).get("settings", {}).get("holdout")
-    if value is None:
-        value = default_holdout(len(table))
+    value = default_holdout(len(table)) if value is None else value
     return replace(space, settings=replace(space.settings, holdout=value))
 
 
@@ -349,6 +348,7 @@ def _claim(study: optuna.Study, space: Space, table: ImageTable) -> None:
         keys.FOLD_OF_ATTR: fold_of.tolist(),
         keys.SPLITS_ID_ATTR: splits_id(fold_of),
         keys.DATA_ATTR: table.source,
+        keys.STUDY_UID_ATTR: uuid.uuid4().hex,  # binds studies/<name>/ (search.study.folder)
     }
     for key, value in attrs.items():
         study.set_user_attr(key, value)

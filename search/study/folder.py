@@ -1,0 +1,128 @@
+"""Which study owns the folder ``studies/<name>/``: its checkpoints and export belong to it.
+
+Two studies of the same name in two storages would otherwise share one folder, and each
+would delete or overwrite the other's checkpoints. A study gets a random id (a study user
+attribute) when it is created; the folder holds ``study.json`` with that id and the storage,
+and a study whose id differs is refused before it writes anything there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+
+from search import keys
+from search.study.storage import StudyError, StudyPlace, redact_url
+
+OWNER_FILE = "study.json"
+DEFAULT = "default"  # study.json's storage when it is the folder's own study.db
+
+
+def check_folder(storage: BaseStorage, place: StudyPlace) -> None:
+    """Before a run opens or creates the study: its folder is its own, or nobody's.
+
+    A folder left by a deleted study of the same storage may be taken over.
+
+    Raises:
+        StudyError: The folder belongs to another study of the same name.
+    """
+    owner = read_owner(place.folder)
+    if owner is None:
+        return
+    try:
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
+    except KeyError:  # a new study: only the folder of one deleted from this storage is free
+        if owner.get("storage") != _storage_of(place):
+            raise _refusal(place, owner) from None
+        return
+    if attrs.get(keys.STUDY_UID_ATTR) != owner.get("uid"):
+        raise _refusal(place, owner)
+
+
+def check_owner(study: optuna.Study, place: StudyPlace) -> None:
+    """A study that is read (export, warm start) owns its folder, or nobody does.
+
+    Raises:
+        StudyError: The folder belongs to another study of the same name.
+    """
+    owner = read_owner(place.folder)
+    if owner is not None and owner.get("uid") != study.user_attrs.get(keys.STUDY_UID_ATTR):
+        raise _refusal(place, owner)
+
+
+def claim_folder(study: optuna.Study, place: StudyPlace) -> None:
+    """Write the study's id into its folder (after `check_folder` allowed it).
+
+    A study created before folders were bound gets its id now.
+
+    Raises:
+        StudyError: Another study claimed the folder in the meantime.
+    """
+    uid = study.user_attrs.get(keys.STUDY_UID_ATTR)
+    if uid is None:
+        uid = uuid.uuid4().hex
+        study.set_user_attr(keys.STUDY_UID_ATTR, uid)
+    owner = read_owner(place.folder)
+    if owner is not None and owner.get("uid") == uid:
+        return
+    mine = {"study": place.name, "uid": uid, "storage": _storage_of(place)}
+    _write_owner(place.folder, mine, replace=owner is not None)
+    check_owner(study, place)  # a study of the same name that claimed it at the same moment
+
+
+def read_owner(folder: Path) -> dict[str, Any] | None:
+    """The ``study.json`` of a study folder, or None when there is none (or it is unreadable)."""
+    try:
+        value = json.loads((Path(folder) / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_owner(folder: Path, owner: dict[str, Any], *, replace: bool) -> None:
+    """Write ``study.json`` whole; without ``replace`` only if no study wrote one first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{OWNER_FILE}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(owner, indent=1) + "\n")
+    try:
+        if replace:
+            os.replace(temporary, folder / OWNER_FILE)
+        else:
+            os.link(temporary, folder / OWNER_FILE)  # fails if another process got there first
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _storage_of(place: StudyPlace) -> str:
+    """How ``study.json`` names a storage: "default" for the folder's own study.db (which
+    moves with the folder), else the URL without its password."""
+    if place.storage_url == StudyPlace.of(place.name).storage_url:
+        return DEFAULT
+    return redact_url(place.storage_url)
+
+
+def _refusal(place: StudyPlace, owner: dict[str, Any]) -> StudyError:
+    where = _shown(place.folder)
+    storage = owner.get("storage", "another storage")
+    return StudyError(
+        f"The folder {where} holds the checkpoints of study '{place.name}' in "
+        f"{f'{where}study.db' if storage == DEFAULT else storage}, not of the one in "
+        f"{redact_url(place.storage_url)}; pass --study ANOTHER_NAME so that this study gets "
+        "its own folder (or delete the folder if that study is gone)."
+    )
+
+
+def _shown(folder: Path) -> str:
+    """The folder relative to the working directory when it is below it (studies/NAME)."""
+    try:
+        return f"{Path(folder).relative_to(Path.cwd())}/"
+    except ValueError:
+        return f"{folder}/"
