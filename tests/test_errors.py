@@ -390,6 +390,10 @@ def test_e31_status_of_a_study_that_does_not_exist(capsys):
     untouched(capsys, "E31", ["status", "tinny"], new="tinny")
 
 
+def test_e61_status_of_a_trial_that_does_not_exist(capsys):
+    untouched(capsys, "E61", ["status", "tiny", "--trial", "9"])
+
+
 # --- arguments and models --------------------------------------------------------------------
 
 

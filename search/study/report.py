@@ -1,16 +1,22 @@
-"""Tables of a study's trials, read from storage (used by `hpo run` and `hpo status`)."""
+"""Tables of a study's trials, read from storage (used by `hpo run` and `hpo status`).
+
+A table fits the console it is printed on: one line per trial, short columns, and a params
+column that shows only the searched values that differ among the trials shown, cut to the room
+left. `hpo status STUDY --trial N` shows one trial in full (`trial_details`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from rich.console import Console
-from rich.markup import escape
+from rich.console import Console, ConsoleOptions
 from rich.table import Table
+from rich.text import Text
 
 from search.keys import (
     BASELINE,
@@ -28,9 +34,11 @@ from search.keys import (
 
 
 def make_console(*, stderr: bool = True) -> Console:
-    """A console for tables; logs (not a terminal) get wide lines instead of 80 columns."""
+    """A console for tables: a terminal's width, else ``$COLUMNS``, else 160 columns for logs."""
     console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=160)
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console  # Rich reads COLUMNS itself
+    return Console(stderr=stderr, width=160)
 
 
 def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -96,21 +104,115 @@ def pruned_where(trial: FrozenTrial) -> str:
     return at if score is None else f"{at}: {score:.4f}"
 
 
-def _value_cell(trial: FrozenTrial) -> str:
-    if trial.state == TrialState.COMPLETE:
-        return f"{trial.value:.4f}"
-    return "-"
+# No folds column: a complete trial trained them all, a pruned one says where it stopped.
+_HEADERS = ("#", "state", "CV (optimistic)", "pruned at", "epochs", "sec")
+_GAP = 1  # characters between two columns: every one counts at 80 columns
+_MIN_PARAMS = 12  # a params column narrower than this is left out
+
+
+def trials_table(study: optuna.Study, *, top: int = 10, title: str | None = None) -> TrialsTable:
+    """The top ``top`` trials: CV mean ± std (complete only), where pruned ones stopped, effort.
+
+    A pruned trial's score is in its own column ("pruned at": fold, epoch and the score at that
+    rung), never beside the complete trials' cross-validated means as if it were one.
+    """
+    return TrialsTable(ranked(study, visible_trials(study))[:top], title)
+
+
+class TrialsTable:
+    """Trials as a Rich table as wide as the console it is printed on, one line per trial.
+
+    Args:
+        trials: The trials to show, in order.
+        title: The table's title, or None.
+    """
+
+    def __init__(self, trials: Sequence[FrozenTrial], title: str | None) -> None:
+        self.trials, self.title = list(trials), title
+        self.rows = [_cells(t) for t in self.trials]
+        self.params = _differing_params(self.trials)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
+        yield self.table(options.max_width)
+
+    def table(self, width: int) -> Table:
+        """The table for a console ``width`` characters wide."""
+        widths = [max(len(h), *(len(r[i]) for r in self.rows)) for i, h in enumerate(_HEADERS)]
+        room = width - sum(widths) - _GAP * len(widths)
+        table = Table(
+            title=self.title,
+            title_justify="left",
+            caption=_CAPTION,
+            caption_justify="left",
+            box=None,
+            padding=(0, _GAP, 0, 0),
+            pad_edge=False,
+        )
+        for header in _HEADERS:
+            table.add_column(header, justify="left" if header == "pruned at" else "right")
+        if room >= _MIN_PARAMS:
+            table.add_column("params", no_wrap=True)
+        for trial, row in zip(self.trials, self.rows, strict=True):
+            extra = [_params_cell(trial, self.params, room)] if room >= _MIN_PARAMS else []
+            table.add_row(*row, *extra)
+        return table
+
+
+_CAPTION = (
+    "CV: mean ± std over folds of the best of many trials (optimistic; report.md has the "
+    "holdout score). `hpo status STUDY --trial N` shows a trial in full."
+)
+
+
+def _cells(trial: FrozenTrial) -> list[str]:
+    attrs = trial.user_attrs
+    complete = trial.state == TrialState.COMPLETE
+    std = attrs.get(SCORE_STD) or 0.0
+    return [
+        str(trial.number),
+        trial.state.name.lower(),
+        f"{trial.value:.4f} ± {std:.4f}" if complete else "-",
+        _pruned_cell(trial) if trial.state == TrialState.PRUNED else "",
+        str(attrs.get(EPOCHS, "-")),
+        f"{attrs.get(SECONDS, 0):.0f}",
+    ]
+
+
+def _pruned_cell(trial: FrozenTrial) -> str:
+    """``fold 0, ep 2: 0.7123``, ``fold 1: 0.8500`` or ``diverged in fold 1``."""
+    where = trial.user_attrs.get(PRUNED_AT) or {}
+    fold, epoch, score = where.get("fold"), where.get("epoch"), where.get("score")
+    if trial.user_attrs.get(DIVERGED):
+        return f"diverged in fold {fold}"
+    at = "" if fold is None else f"fold {fold}"
+    at += "" if epoch is None else f", ep {epoch}"
+    return at if score is None else f"{at}: {score:.4f}".lstrip(": ")
+
+
+def _differing_params(trials: Sequence[FrozenTrial]) -> list[str]:
+    """The parameters whose values differ among ``trials`` (all for one), shortest values first."""
+    names = list(dict.fromkeys(name for t in trials for name in t.params))
+    if len(trials) > 1:
+        names = [n for n in names if len({repr(t.params.get(n)) for t in trials}) > 1]
+    # Short values first: cut to the room left, the line then still shows most parameters.
+    return sorted(names, key=lambda n: max(len(_short(t.params.get(n))) for t in trials))
+
+
+def _params_cell(trial: FrozenTrial, names: Sequence[str], width: int) -> Text:
+    shown = {n: trial.params[n] for n in names if n in trial.params}
+    note = _note(trial)
+    text = format_params(shown, limit=len(shown)) + (f"  [{note}]" if note else "")
+    return Text(shorten(text, width))  # Text: a note in brackets is not read as markup
 
 
 def _note(trial: FrozenTrial) -> str:
+    """Where a trial came from, and why it failed (a pruned one's reason is in its column)."""
     attrs = trial.user_attrs
     origin = ""
     if attrs.get(WARM_START_FROM):
         origin = f"copied from {attrs[WARM_START_FROM]}; "
     elif attrs.get(BASELINE) is not None:
         origin = f"baseline {attrs[BASELINE]}; "
-    if trial.state == TrialState.PRUNED:
-        return origin + attrs.get(PRUNED_REASON, "pruned")
     if trial.state == TrialState.FAIL:
         return origin + attrs.get(FAIL_REASON_ATTR, "failed")
     if trial.state == TrialState.RUNNING:
@@ -118,43 +220,29 @@ def _note(trial: FrozenTrial) -> str:
     return origin.removesuffix("; ")
 
 
-def trials_table(study: optuna.Study, *, top: int = 10, title: str | None = None) -> Table:
-    """The top ``top`` trials: CV mean and std (complete only), where pruned ones stopped, effort.
+def trial_details(study: optuna.Study, number: int) -> list[str]:
+    """Everything about trial ``number``, one fact a line: state, scores, why it ended, params.
 
-    A pruned trial's score is in its own column ("pruned at fold f, epoch e: score at that
-    rung"), never beside the complete trials' cross-validated means as if it were one.
+    Raises:
+        KeyError: The study has no such trial.
     """
-    trials = ranked(study, visible_trials(study))
-    table = Table(title=title, title_justify="left")
-    headers = (
-        "#",
-        "state",
-        "CV mean (optimistic)",
-        "± std",
-        "pruned at: score",
-        "folds",
-        "epochs",
-        "seconds",
-    )
-    for header in (*headers, "params"):
-        table.add_column(header, justify="left" if header in ("params", headers[4]) else "right")
-    for trial in trials[:top]:
-        attrs = trial.user_attrs
-        std = attrs.get(SCORE_STD) if trial.state == TrialState.COMPLETE else None
-        note = _note(trial)
-        table.add_row(
-            str(trial.number),
-            trial.state.name.lower(),
-            _value_cell(trial),
-            "-" if std is None else f"{std:.4f}",
-            pruned_where(trial) if trial.state == TrialState.PRUNED else "",
-            str(len(attrs.get(FOLD_SCORES, []))),
-            str(attrs.get(EPOCHS, "-")),
-            f"{attrs.get(SECONDS, 0):.0f}",
-            # Escaped: a note in brackets would otherwise be read as Rich markup and vanish.
-            escape(format_params(trial.params) + (f"  [{note}]" if note else "")),
-        )
-    return table
+    trial = next((t for t in visible_trials(study) if t.number == number), None)
+    if trial is None:
+        raise KeyError(number)
+    attrs = trial.user_attrs
+    folds = ", ".join(f"{s:.4f}" for s in attrs.get(FOLD_SCORES, []))
+    lines = [f"trial {trial.number}: {trial.state.name.lower()}"]
+    if trial.state == TrialState.COMPLETE:
+        lines.append(f"CV mean {trial.value:.4f} ± {attrs.get(SCORE_STD) or 0:.4f} (optimistic)")
+    lines.append(f"fold scores: {folds or '-'}")
+    lines.append(f"epochs {attrs.get(EPOCHS, '-')}, {attrs.get(SECONDS, 0):.0f} s")
+    if trial.state == TrialState.PRUNED:
+        lines.append(f"{pruned_where(trial)}")
+        lines.append(f"why: {attrs.get(PRUNED_REASON, 'pruned')}")
+    if _note(trial):
+        lines.append(f"note: {_note(trial)}")
+    lines += [f"  {name} {_short(value)}" for name, value in trial.params.items()]
+    return lines
 
 
 def summary_line(study: optuna.Study, target: int | None = None) -> str:

@@ -12,6 +12,7 @@ from rich.console import Console
 from search.keys import (
     DIVERGED,
     EPOCHS,
+    FAIL_REASON_ATTR,
     FOLD_SCORES,
     PRUNED_AT,
     PRUNED_REASON,
@@ -50,28 +51,63 @@ def _study() -> optuna.Study:
     return study
 
 
-def _text(study: optuna.Study) -> list[str]:
-    console = Console(width=200, record=True)
+def _text(study: optuna.Study, width: int = 200) -> list[str]:
+    console = Console(width=width, record=True)
     console.print(trials_table(study))
     return console.export_text().splitlines()
 
 
+def _rows(lines: list[str]) -> dict[str, str]:
+    return {line.split()[0]: line for line in lines if line[:1].isdigit()}
+
+
 def test_pruned_trials_show_where_they_stopped_and_their_score_there():
     study = _study()
-    rows = {line.split("│")[1].strip(): line for line in _text(study) if line.startswith("│")}
-    assert "0.9200" in rows["0"] and "0.0100" in rows["0"]
-    assert "pruned at fold 0, epoch 2: 0.7123" in rows["1"]
-    assert "pruned at fold 1: 0.8500" in rows["2"] and "copied from other#4" in rows["2"]
+    rows = _rows(_text(study))
+    assert "0.9200 ± 0.0100" in rows["0"]
+    assert "fold 0, ep 2: 0.7123" in rows["1"]
+    assert "fold 1: 0.8500" in rows["2"] and "copied from other#4" in rows["2"]
     assert "diverged in fold 1" in rows["3"]
-    # No pruned row has a number in the CV mean column (the old table showed "(0.8500)").
+    # No pruned row has a number in the CV column (the old table showed "(0.8500)").
     for number in ("1", "2", "3"):
-        assert rows[number].split("│")[3].strip() == "-"
+        assert rows[number].split()[2] == "-"
     assert [t.number for t in ranked(study, study.trials)] == [0, 2, 1, 3]
 
 
 def test_the_cross_validated_column_says_it_is_optimistic():
-    header = next(line for line in _text(_study()) if "state" in line)
-    assert "CV mean (optimistic)" in header
+    lines = _text(_study())
+    header = next(line for line in lines if "state" in line)
+    assert "CV (optimistic)" in header
+    assert any("best of many trials (optimistic" in line for line in lines)
+
+
+def test_the_table_fits_80_columns_with_one_line_per_trial():
+    study = _study()
+    params = {"backbone": "mobilenetv3_small_050.lamb_in1k", "lr": 0.00123, "loss": "ce"}
+    distributions = {
+        "backbone": optuna.distributions.CategoricalDistribution([params["backbone"]]),
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+        "loss": optuna.distributions.CategoricalDistribution(["ce"]),
+    }
+    attrs = {FOLD_SCORES: [0.9] * 5, SCORE_STD: 0.01, EPOCHS: 60, FAIL_REASON_ATTR: "x" * 300}
+    for lr, state in ((0.002, TrialState.COMPLETE), (0.003, TrialState.FAIL)):
+        value = 0.9 if state == TrialState.COMPLETE else None
+        params_here = {**params, "lr": lr}
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=value,
+                params=params_here,
+                distributions=distributions,
+                user_attrs=attrs,
+            )
+        )
+
+    lines = _text(study, width=80)
+
+    assert all(len(line) <= 80 for line in lines)
+    assert sorted(_rows(lines)) == ["0", "1", "2", "3", "4", "5"]  # no row wraps
+    assert "lr=0.002" in _rows(lines)["4"]
 
 
 def test_trials_csv_keeps_a_pruned_score_out_of_the_value_column():
