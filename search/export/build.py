@@ -23,6 +23,7 @@ from search.export.report import ExportScores, best_space_text, flat_metrics, ma
 from search.export.scoring import (
     CrossValidated,
     Holdout,
+    compared_tta,
     cross_validated,
     export_rows,
     scored_members,
@@ -257,7 +258,7 @@ def _score(
     folder = Path(source.place.folder)
     members = [load_member(folder, spec, classes, pick_device(None)) for spec in specs]
     scoring = Ensemble(members, classes=source.study.user_attrs[keys.CLASSES_ATTR])
-    compared = tta if tta != "none" else "hflip"
+    compared = compared_tta(tta, [t.user_attrs[keys.CONFIG_ATTR] for t in shown])
     holdout = _holdout(source, scoring.sizes)
     pairs = [(int(spec.trial), int(spec.fold)) for spec in specs]  # type: ignore[arg-type]
     scored = scored_members(scoring, pairs, holdout, compared)

@@ -137,15 +137,17 @@ def _cell(value: float | None) -> str:
 def _table_cells(scores: ExportScores) -> tuple[list[str], list[list[str]]]:
     m = scores.metric
     header = ["model", f"{m} {CV}"]
+    viewed = scores.tta_compared != "none"  # no column of a TTA the space rules out
     if scores.holdout_size:
         for name in _NAMES:
-            header += [f"{name} holdout", f"{name} +{scores.tta_compared}"]
+            header += [f"{name} holdout", *([f"{name} +{scores.tta_compared}"] if viewed else [])]
     body = []
     for row in scores.rows:
         cells = [row.model, _cell(row.cv.get(m))]
         if scores.holdout_size:
             for name in _NAMES:
-                cells += [_cell(s.get(name) if s else None) for s in (row.plain, row.tta)]
+                shown = (row.plain, row.tta) if viewed else (row.plain,)
+                cells += [_cell(s.get(name) if s else None) for s in shown]
         body.append(cells)
     return header, body
 
@@ -230,10 +232,15 @@ def markdown(
         "cross-validated images, biased upwards because each fold's best epoch, the best trials "
         "and the selection's weights were chosen on them.",
     ]
-    if scores.holdout_size:
+    if scores.holdout_size and scores.tta_compared != "none":
         lines += [
             f"Holdout: {scores.holdout_size} images no trial ever saw; the columns "
             f"+{scores.tta_compared} add that test-time augmentation.",
+        ]
+    elif scores.holdout_size:
+        lines += [
+            f"Holdout: {scores.holdout_size} images no trial ever saw, scored without "
+            "test-time augmentation (every mode flips images, and the space does not allow it).",
         ]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -279,8 +286,9 @@ def flat_metrics(scores: ExportScores) -> dict[str, float]:
     for row in scores.rows:
         for name in _NAMES:
             flat[f"export_{row.key}_cv_optimistic_{name}"] = row.cv.get(name)
-            if row.plain is not None and row.tta is not None:
+            if row.plain is not None:
                 flat[f"export_{row.key}_holdout_{name}"] = row.plain.get(name)
+            if row.tta is not None and scores.tta_compared != "none":
                 flat[f"export_{row.key}_holdout_tta_{name}"] = row.tta.get(name)
     return {k: float(v) for k, v in flat.items() if v is not None}
 

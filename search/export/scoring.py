@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from optuna.trial import FrozenTrial
@@ -78,6 +79,22 @@ class Scored:
     def rows_of(self, number: int) -> list[int]:
         """Positions of trial ``number``'s fold models."""
         return [i for i, (trial, _) in enumerate(self.members) if trial == number]
+
+
+def compared_tta(tta: str, configs: Sequence[Mapping[str, Any]]) -> str:
+    """The TTA mode whose holdout scores the report shows beside those without TTA.
+
+    The export's own mode, else ``hflip`` when every scored model's space allows flips, else
+    ``none`` (no such columns): with ``hflip = False`` (digits, text) a mirrored image means
+    something else, and every TTA mode mirrors.
+
+    Args:
+        tta: The export's TTA mode.
+        configs: The resolved configs of the trials scored.
+    """
+    if tta != "none":
+        return tta
+    return "hflip" if all(config.get("hflip", True) for config in configs) else "none"
 
 
 def scored_members(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 from rich.console import Console
 
 from search.export.report import CV, ExportScores, Row, Scores, flat_metrics, markdown, show
+from search.export.scoring import compared_tta
 from trainer.manifest import Manifest, MemberSpec
 
 GOOD, FAIR, WEAK = Scores(0.9, 0.88, 0.3), Scores(0.8, 0.79, 0.5), Scores(0.7, 0.69, 0.7)
@@ -80,3 +82,26 @@ def test_without_a_holdout_every_score_says_it_is_optimistic():
             for m in ("accuracy", "f1_macro", "log_loss")
         ),
     }
+
+
+def test_a_space_without_flips_gets_no_flipped_columns():
+    # hflip=False (digits, text): a mirrored image means something else, so +hflip columns
+    # would score a view the models never learnt (log loss 7x worse on digits).
+    scores = replace(_scores(holdout=True), tta_compared=compared_tta("none", [{"hflip": False}]))
+    out = io.StringIO()
+
+    show(scores, Console(file=out, width=300), folder=".", manifest=_manifest())
+    text = markdown(scores, _manifest(), onnx_check="checked.")
+
+    assert scores.tta_compared == "none"
+    assert "+" not in out.getvalue().split("Scores of the export")[1].splitlines()[2]
+    assert "| f1_macro holdout |" in text and "+none" not in text and "+hflip" not in text
+    assert "without test-time augmentation" in text
+    assert not any("holdout_tta" in key for key in flat_metrics(scores))
+
+
+def test_the_compared_tta_is_the_exports_or_hflip_where_every_member_may_flip():
+    assert compared_tta("none", [{"hflip": True}, {"hflip": True}]) == "hflip"
+    assert compared_tta("none", [{"hflip": True}, {"hflip": False}]) == "none"
+    assert compared_tta("flip4", [{"hflip": True}]) == "flip4"
+    assert compared_tta("none", [{}]) == "hflip"  # TrainConfig's default allows flips
