@@ -61,6 +61,7 @@ class ExportResult:
     onnx: OnnxCheck
     model_uri: str | None = None
     champion: bool = False
+    previous: Path | None = None  # where the export it replaced is kept
 
 
 def export(
@@ -75,6 +76,8 @@ def export(
     """Build the export, print its scores and, if asked, log it to MLflow."""
     result = build_export(source, top_k=top_k, tta=tta, ensemble=ensemble)
     show(result.scores, console, folder=result.folder, manifest=result.manifest)
+    if result.previous is not None:
+        console.print(f"The export it replaced is kept in {result.previous} (one generation).")
     return log_to_mlflow(result, source.study, console) if mlflow else result
 
 
@@ -117,11 +120,13 @@ def build_export(
         plots = [f"{FIGURES}/{name}" for name in save_figures(drawn, staging / FIGURES)]
         text = markdown(scores, manifest, onnx_check=check.sentence(), plots=plots)
         (staging / "report.md").write_text(text)
-        _publish(staging, target)
+        previous = _publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     names = tuple(m.name for m in manifest.members)
-    return ExportResult(target, source.place.name, scores.trials, names, scores, manifest, check)
+    return ExportResult(
+        target, source.place.name, scores.trials, names, scores, manifest, check, previous=previous
+    )
 
 
 def _mode(ensemble: str) -> str:
@@ -300,8 +305,18 @@ def _write_onnx(staging: Path, study: str, metric: str) -> OnnxCheck:
     return write_onnx(staging, ensemble, metadata={"study": study, "metric": metric})
 
 
-def _publish(staging: Path, target: Path) -> None:
-    """Swap the finished folder into place: readers never see a half-written export."""
+def previous_export(target: Path) -> Path:
+    """Where the export that a new one replaced is kept (``export.prev``, one generation)."""
+    return target.with_name(f"{target.name}.prev")
+
+
+def _publish(staging: Path, target: Path) -> Path | None:
+    """Swap the finished folder into place: readers never see a half-written export.
+
+    Returns:
+        Where the export it replaced is kept (`previous_export`; with tracking off it is the
+        only copy), or None when there was none.
+    """
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     for attempt in range(3):  # another worker may publish its export between our two renames
         if target.exists():
@@ -313,7 +328,11 @@ def _publish(staging: Path, target: Path) -> None:
         except OSError:
             if attempt == 2:
                 raise
-    shutil.rmtree(old, ignore_errors=True)
+    if not old.exists():
+        return None
+    shutil.rmtree(previous_export(target), ignore_errors=True)
+    os.replace(old, previous_export(target))
+    return previous_export(target)
 
 
 def log_to_mlflow(result: ExportResult, study: optuna.Study, console: Console) -> ExportResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from search.cli.export import add_parser
 from search.context import RunRequest
@@ -198,6 +200,20 @@ def test_the_onnx_file_gives_the_pytorch_ensembles_probabilities(digits, monkeyp
     assert got.shape == (64, 10)
     assert np.abs(got - expected).max() <= 1e-4
     assert result.onnx.largest_difference <= 1e-4
+
+
+def test_a_new_export_keeps_the_one_it_replaces_in_export_prev(digits, monkeypatch):
+    # Issue 24 item 3: with tracking=none the replaced export was the only copy.
+    monkeypatch.chdir(digits.root)
+    replaced = (digits.folder / "export" / "manifest.json").read_text()
+    out = io.StringIO()
+    export_from_storage(
+        "digits", top_k=2, ensemble="best", mlflow=False, console=Console(file=out, width=300)
+    )
+    previous = digits.folder / "export.prev"
+    assert (previous / "manifest.json").read_text() == replaced
+    assert (previous / "ensemble.onnx").is_file()
+    assert f"The export it replaced is kept in {previous}" in out.getvalue()
 
 
 def test_asking_for_more_trials_than_were_kept_is_a_clear_error(digits, monkeypatch):
