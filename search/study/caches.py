@@ -3,7 +3,8 @@
 `trainer.cache` names a cache file after the data's contents and the image size; it knows
 nothing of studies. Each study therefore records the cache files it reads in its own folder
 (``studies/<name>/caches.json``), and each cache gets a small JSON beside it saying what it
-holds, so that `hpo cache` can list them and `hpo cache clean` can remove the unused ones.
+holds, so that `hpo cache` can list them and `hpo cache clean` can remove the unused ones. A
+cache being built (its ``.tmp.npy`` file, or its lock held) is neither listed nor removed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 USES_FILE = "caches.json"
+BUILDING = ".tmp.npy"  # how the file of a cache being built ends (see trainer.cache)
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,16 @@ def record_use(study_folder: Path, cache: Path, *, source: str, size: int, image
         about.write_text(json.dumps({"source": source, "size": size, "images": images}))
     os.utime(cache)  # its modification time is the "last use" `hpo cache` shows
     uses = study_folder / USES_FILE
-    names = set(_read_list(uses))
-    if cache.name not in names:
-        study_folder.mkdir(parents=True, exist_ok=True)
-        uses.write_text(json.dumps(sorted(names | {cache.name}), indent=1))
+    if cache.name in _read_list(uses):
+        return
+    study_folder.mkdir(parents=True, exist_ok=True)
+    # Workers of one study record at once: read, add and replace under a lock, so that none
+    # loses another's name and no reader sees half a file.
+    with FileLock(uses.with_name(f".{USES_FILE}.lock")):
+        names = set(_read_list(uses)) | {cache.name}
+        temporary = uses.with_name(f".{USES_FILE}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(sorted(names), indent=1))
+        os.replace(temporary, uses)
 
 
 def list_caches(directory: Path, studies: Path) -> list[CacheEntry]:
@@ -50,17 +60,23 @@ def list_caches(directory: Path, studies: Path) -> list[CacheEntry]:
     for uses in sorted(studies.glob(f"*/{USES_FILE}")):
         for name in _read_list(uses):
             users.setdefault(name, []).append(uses.parent.name)
-    return [
-        _entry(path, tuple(users.get(path.name, ()))) for path in sorted(directory.glob("*.npy"))
-    ]
+    finished = [p for p in sorted(directory.glob("*.npy")) if not p.name.endswith(BUILDING)]
+    return [_entry(path, tuple(users.get(path.name, ()))) for path in finished]
 
 
 def remove_unused(entries: Sequence[CacheEntry]) -> list[CacheEntry]:
     """Delete the cache files (and their side files) that no study uses; returns those removed."""
-    removed = [entry for entry in entries if not entry.used_by]
-    for entry in removed:
-        for path in (entry.path, _about(entry.path), entry.path.with_suffix(".lock")):
-            path.unlink(missing_ok=True)
+    removed = []
+    for entry in (entry for entry in entries if not entry.used_by):
+        lock = FileLock(entry.path.with_suffix(".lock"), timeout=0)
+        try:
+            with lock:  # held while a process builds (or checks) this cache: leave it
+                for path in (entry.path, _about(entry.path)):
+                    path.unlink(missing_ok=True)
+        except Timeout:
+            continue
+        entry.path.with_suffix(".lock").unlink(missing_ok=True)
+        removed.append(entry)
     return removed
 
 

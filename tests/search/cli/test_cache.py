@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from search.cli.main import main
-from search.study.caches import list_caches
+from search.study.caches import list_caches, record_use
 from search.study.data import StudyData
 from trainer.sources import load_table
 
@@ -43,3 +46,54 @@ def test_hpo_cache_lists_caches_and_clean_removes_only_unused_ones(tmp_path: Pat
     assert main(["cache", "clean", *common]) == 0
     assert "Removed 1 unused caches" in capsys.readouterr().out
     assert sorted(p.name for p in cache.iterdir()) == ["used-8px-aaaa.json", "used-8px-aaaa.npy"]
+
+
+def _unused_cache(cache: Path, name: str) -> Path:
+    cache.mkdir(exist_ok=True)
+    np.save(cache / name, np.zeros((4, 2, 2, 3), np.uint8))
+    return cache / name
+
+
+def test_clean_leaves_a_cache_that_is_being_built(tmp_path: Path, capsys):
+    # Issue 24 item 4: the temporary file of a build in progress matched *.npy and was deleted.
+    cache = tmp_path / "cache"
+    building = _unused_cache(cache, "photos-8px-aaaa.4242.tmp.npy")
+    assert main(["cache", "--dir", str(cache), "--studies", str(tmp_path)]) == 0
+    assert "4242.tmp" not in capsys.readouterr().out  # not listed as an unused cache
+    assert main(["cache", "clean", "--dir", str(cache), "--studies", str(tmp_path)]) == 0
+    assert building.exists()
+
+
+def test_clean_leaves_a_cache_whose_lock_another_process_holds(tmp_path: Path):
+    cache = tmp_path / "cache"
+    locked = _unused_cache(cache, "photos-8px-bbbb.npy")
+    old = _unused_cache(cache, "photos-16px-cccc.npy")
+    with FileLock(locked.with_suffix(".lock")):  # a process is building or checking it
+        assert main(["cache", "clean", "--dir", str(cache), "--studies", str(tmp_path)]) == 0
+    assert locked.exists() and not old.exists()
+
+
+def _record_many(folder: Path, caches: list[Path], start: Barrier) -> None:
+    start.wait()
+    for cache in caches:
+        record_use(folder, cache, source="photos/", size=8, images=4)
+
+
+def test_workers_recording_their_caches_at_once_lose_none(tmp_path: Path):
+    # Issue 24 item 4: caches.json was read, changed and rewritten with no lock.
+    (tmp_path / "cache").mkdir()
+    caches = [[tmp_path / "cache" / f"w{w}-{i}px.npy" for i in range(150)] for w in range(4)]
+    for path in (path for mine in caches for path in mine):
+        path.touch()
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(4)
+    workers = [
+        context.Process(target=_record_many, args=(tmp_path / "s", mine, start)) for mine in caches
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    recorded = json.loads((tmp_path / "s" / "caches.json").read_text())
+    assert len(recorded) == 4 * 150
