@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
@@ -28,7 +27,7 @@ from trainer.config import TrainConfig
 from trainer.cpus import cpu_count
 from trainer.device import pick_device
 from trainer.errors import DataError, UserError
-from trainer.images import decode_image, resize_array, to_rgb, unreadable_reason
+from trainer.images import decode_image, resize_array, unreadable_reason
 from trainer.loader import stats_tensors, to_model_input
 from trainer.manifest import (
     EXPORT_AGAIN,
@@ -287,7 +286,8 @@ def prepare(
     """``{size: (N, size, size, 3) uint8}`` from a batch or a list of images of any size/mode.
 
     A uint8 RGB batch already at a size is used as is (training's cached images are); anything
-    else is converted like `trainer.images` converts files (alpha on white, 16-bit scaled).
+    else is converted like `trainer.images` converts files (alpha on white, 16-bit and float
+    scaled; see `trainer.images.array_to_rgb`).
     """
     result = {}
     for size in sizes:
@@ -295,20 +295,9 @@ def prepare(
         if ready and images.shape[1:] == (size, size, 3):
             result[size] = images
             continue
-        resized = [resize_array(_rgb(image), size) for image in images]
+        resized = [resize_array(image, size) for image in images]
         result[size] = np.stack(resized) if resized else np.empty((0, size, size, 3), np.uint8)
     return result
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.dtype == np.uint8 and (image.ndim == 2 or image.shape[2] == 3):
-        return image
-    if image.dtype == np.bool_:
-        image = image.astype(np.uint8) * 255
-    return np.asarray(to_rgb(Image.fromarray(image)))
 
 
 def read_images(

@@ -27,10 +27,10 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
     """Predicts class probabilities with the export's `Ensemble`.
 
     ``predict`` accepts a DataFrame (or dict) with a ``path`` column of image files, a list of
-    paths, a uint8 image batch ``(N, H, W, 3)``, or a list of images of any size and mode. It
-    returns a DataFrame with ``label`` and one ``prob_<class>`` column per class (rows of NaN
-    and an empty label for files that cannot be read). ``params={"tta": "hflip"}`` overrides
-    the export's test-time augmentation.
+    paths, an image batch ``(N, H, W, 3)`` (uint8, 16-bit, or float in 0..1), or a list of
+    images of any size, mode and dtype. It returns a DataFrame with ``label`` and one
+    ``prob_<class>`` column per class (rows of NaN and an empty label for files that cannot be
+    read). ``params={"tta": "hflip"}`` overrides the export's test-time augmentation.
     """
 
     # MLflow's type-hint validation is off and `model_input` is deliberately not annotated:
@@ -82,7 +82,7 @@ def _images(model_input: Any) -> np.ndarray | list[np.ndarray]:
         return [np.asarray(image) for image in model_input]
     raise TypeError(
         f"Cannot predict a {type(model_input).__name__}; pass a DataFrame with a 'path' column, "
-        "a list of image paths, or uint8 images (N, H, W, 3)."
+        "a list of image paths, or images (N, H, W, 3)."
     )
 
 

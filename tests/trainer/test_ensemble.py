@@ -230,3 +230,18 @@ def test_loading_an_export_imports_neither_optuna_nor_mlflow(tmp_path):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_colour_arrays_of_any_dtype_predict_like_their_uint8_pixels(tmp_path):
+    # "Any size and mode" held for greyscale only: 16-bit or float colour raised TypeError.
+    _export(tmp_path, [VIT])
+    ensemble = Ensemble.load(tmp_path, device="cpu")
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 20, 30, 3), dtype=np.uint8)
+    expected = ensemble.predict(list(pixels))
+
+    deep = (pixels.astype(np.uint16) * 257, pixels / 255.0, (pixels / 255.0).astype(np.float32))
+    for batch in deep:
+        np.testing.assert_allclose(ensemble.predict(batch), expected, atol=1e-6)
+        np.testing.assert_allclose(ensemble.predict(list(batch)), expected, atol=1e-6)
+    opaque = np.concatenate([deep[0], np.full((2, 20, 30, 1), 65535, np.uint16)], axis=3)
+    np.testing.assert_allclose(ensemble.predict(list(opaque)), expected, atol=1e-6)
