@@ -112,9 +112,9 @@ def resize_array(rgb: np.ndarray, size: int) -> np.ndarray:
 def array_to_rgb(values: np.ndarray) -> np.ndarray:
     """An in-memory image of any dtype as ``(H, W, 3)`` uint8 RGB, as a file would decode.
 
-    uint16 is scaled by 65535 (as a 16-bit file without sBIT), floats within 0..1 by 255, other
-    integers within 0..65535 by 65535; anything else is stretched from its minimum to its
-    maximum. A fourth (or second) channel is alpha, composited on white.
+    uint16 is scaled by 65535 (as a 16-bit file without sBIT), floats within 0..1 by 255, and
+    other integers as `scale_to_uint8` says; a fourth (or second) channel is alpha, composited
+    on white.
 
     Args:
         values: ``(H, W)`` or ``(H, W, 1|2|3|4)`` pixels.
@@ -156,10 +156,11 @@ def to_rgb(img: Image.Image, *, bits: int | None = None) -> Image.Image:
 def scale_to_uint8(values: np.ndarray, *, bits: int | None = None) -> np.ndarray:
     """Map pixels of any dtype onto 0..255 by a scale their type or file declares.
 
-    uint8 is kept; bool becomes 0 or 255. Integers are divided by ``2**bits - 1``, where
-    ``bits`` is what the file declares, else 16 (for uint16, and for other integers within
-    0..65535). Floats within 0..1 are scaled by 255. Anything else (negative, or beyond 16
-    bits) is stretched from its minimum to its maximum, the only scale left to choose.
+    uint8 is kept; bool becomes 0 or 255. uint16 is divided by ``2**bits - 1``, where ``bits``
+    is what the file declares, else 16. Wider integers declare no depth: within 0..255 they are
+    8-bit, within 0..65535 16-bit. Floats within 0..1 are scaled by 255. Anything else
+    (negative, or beyond 16 bits) is stretched from its minimum to its maximum, the only scale
+    left to choose.
 
     Args:
         values: The pixels.
@@ -174,8 +175,11 @@ def scale_to_uint8(values: np.ndarray, *, bits: int | None = None) -> np.ndarray
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     if values.dtype.kind == "f" and low >= 0 and high <= 1.0:
         scale, offset = 255.0, 0.0  # floats stored as 0..1
-    elif values.dtype == np.uint16 or (values.dtype.kind in "iu" and low >= 0 and high <= 65535):
+    elif values.dtype == np.uint16 or bits is not None:
         scale, offset = 255.0 / (2 ** (bits or 16) - 1), 0.0  # the file's depth, not its maximum
+    elif values.dtype.kind in "iu" and low >= 0 and high <= 65535:
+        # int32/int64 declare no depth: 0..255 is 8-bit data (np.asarray(img, dtype=int)).
+        scale, offset = 255.0 / (255 if high <= 255 else 65535), 0.0
     else:
         scale, offset = 255.0 / max(high - low, 1e-12), low  # anything else: stretch
     scaled = (np.nan_to_num(wide, nan=offset) - offset) * scale

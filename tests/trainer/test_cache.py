@@ -142,6 +142,7 @@ def _reference_images(folder: Path) -> list[Path]:
     )
     Image.fromarray(deep[..., 0]).save(folder / "grey16.png")
     Image.fromarray((deep[..., 0] / 65535).astype(np.float32)).save(folder / "float.tif")
+    Image.fromarray(deep[..., 2].astype(np.int32) >> 6).save(folder / "int32.tif")
     write_png16(folder / "twelve.png", deep[..., 1] >> 4, significant_bits=12)
     write_png16(folder / "rgb48.png", deep[..., :3])
     write_png16(folder / "rgba64.png", deep)
@@ -150,14 +151,15 @@ def _reference_images(folder: Path) -> list[Path]:
 
 # The digest of the reference images' decoded pixels under each DECODER_VERSION. A change to
 # decoding changes the digest: bump DECODER_VERSION (so every cache is rebuilt) and add it here.
-DECODED_DIGESTS = {2: "bf6c09dcd0e80bce"}
+DECODED_DIGESTS = {2: "50171e3dc709ef6d"}
 
 
 def test_decoding_changes_only_with_a_new_decoder_version(tmp_path: Path) -> None:
     digest = hashlib.sha256()
     for path in _reference_images(tmp_path / "reference"):
         digest.update(decode_image(path, 12).tobytes())  # native size: no resampling involved
-    for values in (np.arange(144, dtype=np.uint16).reshape(12, 12) * 400, np.eye(12) * 0.5):
+    grey = np.arange(144).reshape(12, 12)
+    for values in (grey.astype(np.uint16) * 400, grey, np.eye(12) * 0.5):
         digest.update(resize_array(values, 12).tobytes())
 
     assert DECODED_DIGESTS.get(images.DECODER_VERSION) == digest.hexdigest()[:16], (

@@ -216,6 +216,15 @@ def test_one_bright_pixel_does_not_change_the_scale(tmp_path: Path) -> None:
     assert plain[8, 8, 0] == hot[8, 8, 0] == 4
 
 
+def test_arrays_of_every_dtype_scale_like_their_8_bit_pixels() -> None:
+    pixels = np.random.default_rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    expected = resize_array(pixels, 8)
+
+    for values in (pixels.astype(np.int64), pixels.astype(np.uint16) * 257, pixels / 255.0):
+        assert np.array_equal(resize_array(values, 8), expected), values.dtype
+    assert np.array_equal(resize_array(pixels[..., 0].astype(np.int32), 8), expected[..., [0] * 3])
+
+
 def test_32_bit_integer_out_of_16_bit_range_is_stretched(tmp_path: Path) -> None:
     values = np.zeros((40, 40), np.int32)
     values[:, 20:] = 1_000_000
