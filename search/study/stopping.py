@@ -1,6 +1,7 @@
 """A study that stops by itself: ``patience_trials = N`` in a space file.
 
-The search ends when N finished trials in a row (complete or pruned, in trial order) brought no
+The search ends when N finished trials in a row (complete or pruned, in trial order; trials
+copied by ``--warm-start`` set the best to beat but do not count) brought no
 improvement larger than the noise of a trial's mean score: gains smaller than chance are not
 worth more compute. The noise is the fold rule's (`search.study.pruning.pair_noise`): how much
 two trials' scores on the same fold differ by chance, measured among the best complete trials
@@ -20,7 +21,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search.keys import FOLD_SCORES, SCORE_STD, SURPLUS
+from search.keys import FOLD_SCORES, SCORE_STD, SURPLUS, WARM_START_FROM
 from search.study.pruning import pair_noise_of
 
 
@@ -65,7 +66,9 @@ def stagnation(study: optuna.Study, patience: int | None) -> str | None:
         improved = complete and (best is None or _gain(study, trial, best) > noise)
         if complete and (best is None or _gain(study, trial, best) > 0):
             best = trial
-        since = 0 if improved else since + 1
+        # A trial copied by --warm-start sets the best to beat, but was not run by this
+        # study: counting it would stop a refined search before it trained anything.
+        since = 0 if improved else since + (WARM_START_FROM not in trial.user_attrs)
     if best is None or since < patience:
         return None
     return (

@@ -105,6 +105,21 @@ def test_warm_start_copies_the_trials_a_refined_space_can_express(tmp_path):
     assert len(load("refined").trials) == 9  # not copied twice
 
 
+def test_patience_counts_only_the_trials_this_study_ran_not_the_copied_ones(tmp_path):
+    # Issue 24 item 7: a warm start from a study that stopped by patience stopped at once.
+    patient = "patience_trials = 3\n"
+    first = write(tmp_path / "first.py", patient)
+    assert run(RunRequest(space=str(first), trials=40, export=False), hooks=[]) == "patience"
+    copied = len(load("first").trials)
+    refined = write(tmp_path / "refined.py", patient, SPACE.replace("1e-3, 1e-2", "1e-3, 9e-3"))
+    request = RunRequest(space=str(refined), trials=80, warm_start="first", export=False)
+    run(request, hooks=[])
+    study = load("refined")
+    new = [t for t in study.trials if WARM_START_FROM not in t.user_attrs]
+    assert len(study.trials) - len(new) > 3 and copied > 3
+    assert len(new) >= 3
+
+
 def test_warm_start_is_refused_when_scores_would_not_compare(tmp_path, capsys):
     run(RunRequest(space=str(write(tmp_path / "first.py")), trials=1), hooks=[])
     longer = write(tmp_path / "longer.py", source=SPACE.replace("epochs = 2", "epochs = 3"))
