@@ -1,8 +1,12 @@
 """The whole ensemble as one ONNX graph: raw uint8 images in, class probabilities out.
 
-Inside the graph, in this order: uint8 ``(N, H, W, 3)`` to float ``(N, 3, H, W)``; per member a
-resize to its own size (only for members trained smaller than the graph's input, bicubic with
-antialiasing and rounding to whole pixel values, close to the Pillow resize of training),
+The graph has one input per member image size: ``images`` ``(N, S, S, 3)`` when every member
+takes size ``S``, else ``images_16``, ``images_32``, ... (ascending). Each member reads the
+pixels of its own size, decoded and resized outside the graph exactly as training decoded them
+(`trainer.images`), so the graph never resizes: a resize inside it (from the largest size) gave
+a smaller member other pixels than training did, up to 62 grey levels apart at 16 px.
+
+Inside the graph, in this order: uint8 ``(N, S, S, 3)`` to float ``(N, 3, S, S)``; per member
 its normalisation, every TTA view batched into one forward pass, softmax and the mean over
 views; then the members' weighted sum. The graph is traced with PyTorch's TorchScript-based
 exporter (``dynamo=False``): on torch 2.14 it needs no extra package and exports a member in a
@@ -18,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.onnx import symbolic_helper
 
 from trainer.augment import View, tta_views
@@ -43,12 +46,11 @@ def _view(x: torch.Tensor, view: View) -> torch.Tensor:
 
 
 class MemberGraph(torch.nn.Module):
-    """One member: resize (if needed), normalise, TTA views, softmax, mean over views."""
+    """One member: normalise, TTA views, softmax, mean over views."""
 
-    def __init__(self, member: Member, input_size: int, views: Sequence[View]) -> None:
+    def __init__(self, member: Member, views: Sequence[View]) -> None:
         super().__init__()
-        self.model, self.size, self.views = member.model, member.image_size, tuple(views)
-        self.resize = member.image_size != input_size
+        self.model, self.views = member.model, tuple(views)
         mean = member.mean.detach().float().cpu().view(1, -1, 1, 1)
         std = member.std.detach().float().cpu().view(1, -1, 1, 1)
         # (x / 255 - mean) / std as one scale and shift, as `trainer.loader.to_model_input` does.
@@ -56,12 +58,7 @@ class MemberGraph(torch.nn.Module):
         self.register_buffer("shift", mean / std)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(N, C)`` of float pixels ``(N, 3, H, W)`` in 0..255."""
-        if self.resize:
-            pixels = F.interpolate(
-                pixels, size=(self.size, self.size), mode="bicubic", antialias=True
-            )
-            pixels = pixels.clamp(0.0, 255.0).round()
+        """Probabilities ``(N, C)`` of float pixels ``(N, 3, S, S)`` in 0..255."""
         x = pixels * self.scale - self.shift
         batch = torch.cat([_view(x, view) for view in self.views])
         probs = torch.softmax(self.model(batch).float(), dim=1)
@@ -69,7 +66,7 @@ class MemberGraph(torch.nn.Module):
 
 
 class EnsembleGraph(torch.nn.Module):
-    """The ensemble's weighted soft vote over its members, from uint8 ``(N, S, S, 3)`` images.
+    """The ensemble's weighted soft vote over its members, from uint8 images at each size.
 
     Args:
         ensemble: A loaded ensemble; its models are used as they are (move it to the CPU first).
@@ -78,19 +75,24 @@ class EnsembleGraph(torch.nn.Module):
 
     def __init__(self, ensemble: Ensemble, *, tta: str | None = None) -> None:
         super().__init__()
-        self.input_size = max(ensemble.sizes)
+        self.sizes = ensemble.sizes
         views = tta_views(ensemble.tta if tta is None else tta)
-        graphs = [MemberGraph(m, self.input_size, views) for m in ensemble.members]
-        self.members = torch.nn.ModuleList(graphs)
+        self.members = torch.nn.ModuleList([MemberGraph(m, views) for m in ensemble.members])
+        self.inputs = [self.sizes.index(m.image_size) for m in ensemble.members]
         self.weights = [float(w) for w in ensemble.weights]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, C)``."""
-        pixels = images.permute(0, 3, 1, 2).float()
-        total = self.members[0](pixels) * self.weights[0]
-        for member, weight in zip(self.members[1:], self.weights[1:], strict=True):
-            total = total + member(pixels) * weight
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, C)`` of ``(N, S, S, 3)`` uint8 batches, one per size."""
+        pixels = [batch.permute(0, 3, 1, 2).float() for batch in images]
+        total = self.members[0](pixels[self.inputs[0]]) * self.weights[0]
+        for k in range(1, len(self.members)):
+            total = total + self.members[k](pixels[self.inputs[k]]) * self.weights[k]
         return total
+
+
+def input_names(sizes: Sequence[int]) -> list[str]:
+    """The graph's input names for member ``sizes``: ``images``, or ``images_<size>`` each."""
+    return [INPUT] if len(sizes) == 1 else [f"{INPUT}_{size}" for size in sizes]
 
 
 def export_onnx(
@@ -102,33 +104,35 @@ def export_onnx(
         ensemble: The loaded ensemble, on the CPU.
         path: The ``.onnx`` file to write.
         metadata: Strings stored as the model's ``metadata_props`` (class names, metric, ...);
-            ``classes``, ``image_size`` and ``tta`` are added.
+            ``classes``, ``image_sizes`` (JSON), ``image_size`` (the largest) and ``tta`` are
+            added.
         tta: The TTA mode baked in (default: the ensemble's).
     """
     import onnx
 
     graph = EnsembleGraph(ensemble, tta=tta).eval()
-    size = graph.input_size
-    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    names = input_names(graph.sizes)
+    example = tuple(torch.zeros((2, s, s, 3), dtype=torch.uint8) for s in graph.sizes)
     with _antialiased_resize(), warnings.catch_warnings(), torch.no_grad():
         # timm's shape checks become constants in the trace: right for the fixed input size.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             graph,
-            (example,),
+            example,
             str(path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=[INPUT],
+            input_names=names,
             output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            dynamic_axes={name: {0: "batch"} for name in (*names, OUTPUT)},
         )
     model = onnx.load(str(path))
     props = {
         **metadata,
         "classes": json.dumps(list(ensemble.classes)),
-        "image_size": str(size),
+        "image_sizes": json.dumps(list(graph.sizes)),
+        "image_size": str(max(graph.sizes)),
         "tta": ensemble.tta if tta is None else tta,
     }
     for key, value in props.items():

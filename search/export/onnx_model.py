@@ -1,9 +1,12 @@
 """``ensemble.onnx``: the export as one ONNX file, written with PyTorch, run with onnxruntime.
 
-The file takes uint8 RGB images ``(N, S, S, 3)`` at the export's size ``S`` (its largest member
-size) and returns class probabilities ``(N, C)``; normalisation, every member with its weight,
-the TTA views and the vote are inside (see `trainer.onnx_graph`). Its ``metadata_props`` hold
-the class names (JSON), ``image_size``, ``tta``, the study and its metric.
+The file takes uint8 RGB images ``(N, S, S, 3)`` at each member size ``S`` (one input,
+``images``, when all members take one size) and returns class probabilities ``(N, C)``;
+normalisation, every member with its weight, the TTA views and the vote are inside (see
+`trainer.onnx_graph`). Images are decoded and resized to each size outside the graph exactly as
+in training, so each member sees the pixels it was trained on. Its ``metadata_props`` hold the
+class names (JSON), ``image_sizes`` (JSON), ``image_size`` (the largest), ``tta``, the study and
+its metric.
 
 Running it (`OnnxEnsemble`) needs numpy, Pillow and onnxruntime, not PyTorch: this module
 imports torch only inside `write_onnx`.
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.errors import DataError, UserError
-from trainer.images import decode_image, unreadable_reason
+from trainer.images import decode_image, resize_array, unreadable_reason
 
 if TYPE_CHECKING:
     from trainer.ensemble import Ensemble
@@ -44,8 +47,9 @@ class OnnxCheck:
     def sentence(self) -> str:
         """For report.md."""
         return (
-            f"onnxruntime checked against the PyTorch ensemble on {self.images} random images: "
-            f"largest difference of a probability {self.largest_difference:.1e}."
+            f"onnxruntime checked against the PyTorch ensemble on {self.images} random images "
+            "at each member size (files are decoded to each size outside the graph, as for "
+            f"PyTorch): largest difference of a probability {self.largest_difference:.1e}."
         )
 
 
@@ -64,9 +68,11 @@ def write_onnx(
 
     path = export_onnx(ensemble, Path(folder) / ONNX_FILE, metadata=metadata)
     model = OnnxEnsemble.load(path)
-    size = model.image_size
-    images = np.random.default_rng(seed).integers(0, 256, (_CHECK_IMAGES, size, size, 3))
-    images = images.astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    images = {
+        size: rng.integers(0, 256, (_CHECK_IMAGES, size, size, 3), dtype=np.uint8)
+        for size in model.image_sizes
+    }
     difference = np.abs(model.predict(images) - ensemble.predict(images)).max()
     return OnnxCheck(_CHECK_IMAGES, float(difference))
 
@@ -83,9 +89,11 @@ class OnnxEnsemble:
         meta = session.get_modelmeta().custom_metadata_map
         self.classes = tuple(json.loads(meta["classes"]))
         self.image_size = int(meta["image_size"])
+        # Files written before per-size inputs had one input at image_size.
+        self.image_sizes = tuple(json.loads(meta.get("image_sizes", f"[{self.image_size}]")))
         self.tta = meta.get("tta", "none")
         self.metric = meta.get("metric")
-        self.input_name = session.get_inputs()[0].name
+        self.input_names = [i.name for i in session.get_inputs()]  # ascending sizes
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | None = None) -> OnnxEnsemble:
@@ -118,13 +126,36 @@ class OnnxEnsemble:
                 "with `hpo export STUDY`."
             ) from None
 
-    def predict(self, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities ``(N, C)`` of uint8 images ``(N, S, S, 3)`` at `image_size`."""
+    def predict(
+        self, images: np.ndarray | Mapping[int, np.ndarray], *, batch_size: int = 64
+    ) -> np.ndarray:
+        """Class probabilities ``(N, C)``.
+
+        Args:
+            images: uint8 images ``(N, H, W, 3)`` (resized to each member size as arrays are
+                in `trainer.images`), or ``{size: (N, size, size, 3)}`` at every member size.
+            batch_size: Images per run of the graph.
+        """
+        by_size = images if isinstance(images, Mapping) else self._at_sizes(images)
+        count = len(by_size[self.image_sizes[0]])
         out = [np.empty((0, len(self.classes)), np.float32)]
-        for start in range(0, len(images), batch_size):
-            batch = np.ascontiguousarray(images[start : start + batch_size], dtype=np.uint8)
-            out.append(self.session.run(None, {self.input_name: batch})[0])
+        for start in range(0, count, batch_size):
+            feed = {
+                name: np.ascontiguousarray(by_size[size][start : start + batch_size], np.uint8)
+                for name, size in zip(self.input_names, self.image_sizes, strict=True)
+            }
+            out.append(self.session.run(None, feed)[0])
         return np.concatenate(out)
+
+    def _at_sizes(self, images: np.ndarray) -> dict[int, np.ndarray]:
+        result = {}
+        for size in self.image_sizes:
+            if images.shape[1:3] == (size, size):
+                result[size] = images
+            else:
+                resized = [resize_array(image, size) for image in images]
+                result[size] = np.stack(resized) if resized else np.empty((0, size, size, 3))
+        return result
 
     def predict_files(
         self, paths: Sequence[Path], *, batch_size: int = 64, progress: bool = False
@@ -146,15 +177,19 @@ class OnnxEnsemble:
                 failed = {start + i: d for i, d in enumerate(decoded) if isinstance(d, str)}
                 good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
                 if good:
-                    batch = np.stack([decoded[i] for i in good])
+                    batch = {
+                        size: np.stack([decoded[i][k] for i in good])
+                        for k, size in enumerate(self.image_sizes)
+                    }
                     probs[[start + i for i in good]] = self.predict(batch, batch_size=batch_size)
                 unreadable.update(failed)
                 bar.update(len(chunk))
         return probs, unreadable
 
-    def _decode(self, path: Path) -> np.ndarray | str:
+    def _decode(self, path: Path) -> list[np.ndarray] | str:
+        """The file at every member size (each decoded from the file, as in training)."""
         try:
-            return decode_image(Path(path), self.image_size)
+            return [decode_image(Path(path), size) for size in self.image_sizes]
         except DataError as err:
             cause = err.__cause__
             return unreadable_reason(Path(path), cause) if cause is not None else str(err)

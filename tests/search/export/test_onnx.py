@@ -18,6 +18,7 @@ from search.export.onnx_model import OnnxEnsemble, OnnxExportError, write_onnx
 from tests.support.ensembles import asymmetric_images, member
 from trainer.config import TrainConfig
 from trainer.ensemble import Ensemble, Manifest
+from trainer.images import resize_array
 from trainer.onnx_graph import OPSET, _antialiased_resize, export_onnx
 
 CLASSES = ("bird", "cat", "dog")
@@ -70,17 +71,22 @@ def test_onnx_matches_the_pytorch_ensemble_with_weights_views_and_normalisations
     assert meta["metric"] == "f1_macro" and meta["tta"] == tta and meta["image_size"] == "32"
 
 
-def test_a_smaller_member_is_resized_inside_the_graph(tmp_path):
-    # PyTorch resizes with Pillow (as training did), the graph with ONNX Resize: close, not equal.
+def test_each_member_size_is_an_input_of_its_own(tmp_path):
+    # The graph never resizes: each size's pixels come from outside, as training made them.
     ensemble = _export(tmp_path, [VIT, SMALL], [0.5, 0.5])
     path = export_onnx(ensemble, tmp_path / "e.onnx", metadata={})
     images = asymmetric_images(6)
+    small = np.stack([resize_array(image, 24) for image in images])
 
-    got = _session(path).run(None, {"images": images})[0]
+    got = _session(path).run(None, {"images_24": small, "images_32": images})[0]
 
     assert ensemble.sizes == (24, 32)
-    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props}["image_size"] == "32"
-    assert np.abs(got - ensemble.predict(images)).max() <= 1e-3
+    assert [i.name for i in _session(path).get_inputs()] == ["images_24", "images_32"]
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["image_size"] == "32" and json.loads(meta["image_sizes"]) == [24, 32]
+    assert np.abs(got - ensemble.predict(images)).max() <= 1e-4
+    model = OnnxEnsemble(_session(path))
+    assert np.abs(model.predict(images) - ensemble.predict(images)).max() <= 1e-4
 
 
 @pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
@@ -119,3 +125,25 @@ def test_onnx_ensemble_reads_files_and_names_the_unreadable_ones(tmp_path):
 def test_a_missing_onnx_file_is_a_clear_error(tmp_path):
     with pytest.raises(OnnxExportError, match="does not exist; export the study again"):
         OnnxEnsemble.load(tmp_path)
+
+
+TINY = TrainConfig(backbone="test_resnet", image_size=16)
+
+
+def test_members_of_other_sizes_see_the_same_pixels_from_files_as_in_pytorch(tmp_path):
+    # Training and PyTorch predict decode each member's size straight from the file; the graph
+    # once decoded at the largest size and resized inside (up to 62 grey levels apart at 16 px).
+    ensemble = _export(tmp_path, [VIT, TINY], [0.5, 0.5])
+    write_onnx(tmp_path, ensemble, metadata={})
+    rng = np.random.default_rng(7)
+    files = []
+    for i, shape in enumerate([(50, 70), (97, 61), (33, 33), (128, 96)]):
+        pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        pixels[:, : shape[1] // 3] = 230  # structure, not only noise
+        Image.fromarray(pixels).save(tmp_path / f"real{i}.png")
+        files.append(tmp_path / f"real{i}.png")
+
+    got, _ = OnnxEnsemble.load(tmp_path).predict_files(files)
+    expected, _ = ensemble.predict_files(files)
+
+    np.testing.assert_allclose(got, expected, atol=1e-4)
