@@ -32,6 +32,9 @@ from trainer.images import decode_image, decoder_key, resize_array, unreadable_r
 from trainer.sources import ImageTable
 
 FORMAT_VERSION = 1
+FEATURES_MARK = "--features-"
+"""Backbone feature caches (`trainer.features`) are named ``<image cache stem>--features-...``:
+they belong to that image cache, and ``hpo cache`` lists and cleans them with it."""
 _CHUNK_MIN, _CHUNK_MAX = 16, 256
 _SMALL = 200  # fewer files than this decode in-process
 _FIRST_FEW = 3

@@ -81,6 +81,7 @@ FIELD_RANGES: dict[str, Check] = {
         ("image_size", "batch_size", "grad_accum", "lr", "step_size"), _GREATER_THAN_ZERO
     ),
     "epochs": _epochs,
+    "feature_views": _when(lambda v: 1 <= v <= 64, "must be from 1 to 64"),
     **dict.fromkeys(("dropout", "drop_path", "label_smoothing"), _UNIT),
     **dict.fromkeys(("weight_decay", "momentum", "warmup_epochs", "focal_gamma"), _NON_NEGATIVE),
     "step_gamma": _when(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),

@@ -18,7 +18,7 @@ Loss = Literal["ce", "focal", "label_smoothing"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Scheduler = Literal["cosine", "step", "plateau", "none"]
 Augment = Literal["none", "light", "medium", "heavy"]
-Finetune = Literal["full", "head"]
+Finetune = Literal["full", "head", "probe_full"]
 Metric = Literal["f1_macro", "accuracy", "log_loss"]
 Tta = Literal["none", "hflip", "flip4", "d4"]
 # Names of the test-time augmentation modes (`trainer.augment.tta_views` defines their views);
@@ -42,7 +42,9 @@ class TrainConfig:
         backbone: Any `timm` model name.
         pretrained: False, True (timm's hub weights) or a path to a local weights file
             (.safetensors or .pth).
-        finetune: ``full`` trains every weight; ``head`` freezes the backbone.
+        finetune: ``full`` trains every weight; ``head`` freezes the backbone and fits a linear
+            head to convergence on its cached features (`trainer.features`); ``probe_full``
+            fits that head first, then trains every weight starting from it (LP-FT).
         image_size: Side of the square input in pixels.
         epochs: Maximum epochs per fold.
         batch_size: Samples per optimizer step (before gradient accumulation).
@@ -64,6 +66,8 @@ class TrainConfig:
         drop_path: Stochastic depth rate.
         augment: Train augmentation policy.
         hflip: Whether augmentation may flip images horizontally (off for digits or text).
+        feature_views: Augmented views per image whose backbone features are cached for a
+            ``head`` or ``probe_full`` fit when ``augment`` is not ``none``.
         grad_clip: Clip the global gradient norm to this value; ``None`` disables clipping.
         patience: Stop a fold after this many epochs without improvement; ``None`` disables it.
         metric: Validation metric that scores a fold and picks its best epoch (``log_loss`` is
@@ -106,6 +110,7 @@ class TrainConfig:
     drop_path: float = 0.0
     augment: Augment = "light"
     hflip: bool = True
+    feature_views: int = 4
     grad_clip: float | None = None
     patience: int | None = None
     metric: Metric = "f1_macro"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -21,10 +21,13 @@ from trainer.augment import train_transform
 from trainer.cache import CachedImages
 from trainer.config import TrainConfig
 from trainer.device import Runtime, resolve_runtime, seed_everything
+from trainer.errors import ConfigError
+from trainer.features import FoldFeatures, fold_features, linear_head
 from trainer.loader import EpochBatches, TrainLoader, eval_batches, stats_tensors, to_model_input
 from trainer.losses import build_loss
 from trainer.models import build_model, normalization, trainable_parameters
 from trainer.optim import build_optimizer, build_schedule
+from trainer.probe import HeadRound, fit_linear_head
 from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
 
 # Images per evaluation batch unless the config says otherwise (no gradients are kept, so it can
@@ -50,8 +53,15 @@ def fit(
     data: CachedImages,
     split: Split,
     hooks: Sequence[FitHook] = (),
+    *,
+    cached_features: bool = True,
 ) -> FoldResult:
     """Train one fold and return the weights and predictions of its best epoch.
+
+    With ``finetune="head"`` the backbone's features are computed once (`trainer.features`)
+    and a linear head is fitted to convergence on them (`trainer.probe`): each history row is
+    then a round of L-BFGS, and the result is the last, converged one. With
+    ``finetune="probe_full"`` that head is the starting point of full fine-tuning.
 
     Args:
         config: Everything that decides how the model is trained.
@@ -59,6 +69,9 @@ def fit(
         split: Which indices to train and validate on.
         hooks: Told before the fold, after every epoch (any reason returned stops the fold)
             and after the fold, in this order.
+        cached_features: Store features beside the image cache and fit ``head`` on them.
+            False trains ``head`` epoch by epoch through the frozen backbone (the slower path,
+            kept for comparison) and computes ``probe_full``'s features without storing them.
 
     Raises:
         Diverged: If the training loss or the validation probabilities are not finite.
@@ -69,9 +82,37 @@ def fit(
     runtime = resolve_runtime(config)
     seed_everything(config.seed * 1000 + split.fold)
     fold = _prepare(config, data, split, runtime)
+    if config.finetune == "head" and cached_features and linear_head(fold.model) is not None:
+        history, best, stop_reason = _fit_converged_head(config, data, split, runtime, fold, hooks)
+    else:
+        if config.finetune == "probe_full":
+            _start_from_probe(config, data, split, runtime, fold, store=cached_features)
+        history, best, stop_reason = _train_epochs(config, data, split, runtime, fold, hooks)
+    score, best_epoch, state, probs = best
+    seconds = time.perf_counter() - started
+    result = FoldResult(
+        split.fold, score, best_epoch, tuple(history), split.val, probs, state, seconds, stop_reason
+    )
+    for hook in hooks:
+        hook.after_fold(result)
+    return result
+
+
+_Best = tuple[float, int, dict[str, torch.Tensor], np.ndarray]
+
+
+def _train_epochs(
+    config: TrainConfig,
+    data: CachedImages,
+    split: Split,
+    runtime: Runtime,
+    fold: _Fold,
+    hooks: Sequence[FitHook],
+) -> tuple[list[EpochMetrics], _Best, str | None]:
+    """Train epoch by epoch; the best epoch's score, index, weights and probabilities."""
     loader = _train_loader(config, data, split, runtime)
     history: list[EpochMetrics] = []
-    best: tuple[float, int, dict[str, torch.Tensor], np.ndarray] | None = None
+    best: _Best | None = None
     stop_reason = None
     for epoch in range(config.epochs):
         tick = time.perf_counter()
@@ -86,7 +127,7 @@ def fit(
             batch_size=config.eval_batch_size or EVAL_BATCH_SIZE,
         )
         _check_finite(probs, epoch)
-        row = _measure(config, split, data, epoch, train_loss, probs, fold, tick)
+        row = _measure(config, split, data, epoch, train_loss, probs, fold.schedule.lr, tick)
         fold.schedule.after_epoch(row.val_loss)
         history.append(row)
         if best is None or metrics.is_better(config.metric, row.score, best[0]):
@@ -94,14 +135,95 @@ def fit(
         stop_reason = _hooks_say_stop(hooks, row) or _patience_says_stop(config, epoch, best[1])
         if stop_reason:
             break
-    score, best_epoch, state, probs = best
-    seconds = time.perf_counter() - started
-    result = FoldResult(
-        split.fold, score, best_epoch, tuple(history), split.val, probs, state, seconds, stop_reason
+    return history, best, stop_reason
+
+
+def _fit_converged_head(
+    config: TrainConfig,
+    data: CachedImages,
+    split: Split,
+    runtime: Runtime,
+    fold: _Fold,
+    hooks: Sequence[FitHook],
+) -> tuple[list[EpochMetrics], _Best, str | None]:
+    """Fit the linear head on cached features; one history row per round of L-BFGS.
+
+    The result is the last round (converged, or stopped by a hook), never an earlier one that
+    happened to score better: a converged head depends only on the settings that define its
+    objective, not on how many steps reached it.
+    """
+    features = _features(config, data, runtime, fold, store=True)
+    val = torch.from_numpy(features.plain[split.val]).to(runtime.device)
+    history: list[EpochMetrics] = []
+    tick, stop_reason = time.perf_counter(), None
+    for index, head in enumerate(_probe_rounds(config, data, split, features, fold, runtime)):
+        probs = _head_probs(head, val)
+        _check_finite(probs, index)
+        row = _measure(config, split, data, index, head.train_loss, probs, 0.0, tick)
+        history.append(row)
+        stop_reason = _hooks_say_stop(hooks, row)
+        tick = time.perf_counter()
+        if stop_reason:
+            break
+    _load_head(fold.model, head)
+    return history, (row.score, index, _cpu_copy(fold.model), probs), stop_reason
+
+
+def _start_from_probe(
+    config: TrainConfig,
+    data: CachedImages,
+    split: Split,
+    runtime: Runtime,
+    fold: _Fold,
+    *,
+    store: bool,
+) -> None:
+    """Replace the random classifier by the converged linear probe (LP-FT's first stage)."""
+    if linear_head(fold.model) is None:
+        raise ConfigError(
+            f"finetune='probe_full' needs a backbone whose classifier is one linear layer, and "
+            f"{config.backbone!r} has none; use finetune='full' for it."
+        )
+    features = _features(config, data, runtime, fold, store=store)
+    *_, head = _probe_rounds(config, data, split, features, fold, runtime)
+    _load_head(fold.model, head)
+
+
+def _features(
+    config: TrainConfig, data: CachedImages, runtime: Runtime, fold: _Fold, *, store: bool
+) -> FoldFeatures:
+    batch = config.eval_batch_size or EVAL_BATCH_SIZE
+    stats = (fold.mean, fold.std)
+    return fold_features(fold.model, config, data, runtime, stats, batch_size=batch, store=store)
+
+
+def _probe_rounds(
+    config: TrainConfig,
+    data: CachedImages,
+    split: Split,
+    features: FoldFeatures,
+    fold: _Fold,
+    runtime: Runtime,
+) -> Iterator[HeadRound]:
+    """The rounds of fitting the head on every view of the training images."""
+    views = features.training(split.train)  # (V, n, D): every view is a training row
+    x = torch.from_numpy(views.reshape(-1, views.shape[-1])).to(runtime.device)
+    y = torch.from_numpy(np.tile(data.labels[split.train], len(views))).to(runtime.device)
+    return fit_linear_head(
+        x, y, fold.criterion, num_classes=len(data.classes), weight_decay=config.weight_decay
     )
-    for hook in hooks:
-        hook.after_fold(result)
-    return result
+
+
+def _head_probs(head: HeadRound, features: torch.Tensor) -> np.ndarray:
+    logits = torch.nn.functional.linear(features, head.weight, head.bias)
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+@torch.no_grad()
+def _load_head(model: torch.nn.Module, head: HeadRound) -> None:
+    classifier = linear_head(model)
+    classifier.weight.copy_(head.weight)
+    classifier.bias.copy_(head.bias)
 
 
 def _prepare(config: TrainConfig, data: CachedImages, split: Split, runtime: Runtime) -> _Fold:
@@ -253,7 +375,7 @@ def _measure(
     epoch: int,
     train_loss: float,
     probs: np.ndarray,
-    fold: _Fold,
+    lr: float,
     tick: float,
 ) -> EpochMetrics:
     y_true = data.labels[split.val]
@@ -265,7 +387,7 @@ def _measure(
         val_loss=metrics.log_loss(y_true, probs),
         accuracy=metrics.accuracy(y_true, y_pred),
         f1_macro=metrics.f1_macro(y_true, y_pred),
-        lr=fold.schedule.lr,
+        lr=lr,
         score=metrics.score(config.metric, y_true, probs),
         seconds=time.perf_counter() - tick,
     )
