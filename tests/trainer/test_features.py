@@ -276,9 +276,9 @@ def test_cached_head_on_real_imagenet_weights_matches_the_uncached_head(tmp_path
 
     from tests.support.photos import lite0_file, write_photo_crops
 
-    folder = write_photo_crops(tmp_path / "photos", per_class=16, size=64)
+    folder = write_photo_crops(tmp_path / "photos", per_class=12, size=64)
     data = cached_images(load_table(str(folder)), 64, directory=tmp_path / "cache", progress=False)
-    folds = StratifiedKFold(4, shuffle=True, random_state=0).split(data.labels, data.labels)
+    folds = StratifiedKFold(3, shuffle=True, random_state=0).split(data.labels, data.labels)
     splits = [Split(k, train, val) for k, (train, val) in enumerate(folds)]
     cached = TrainConfig(
         **{**HEAD, "backbone": "tf_efficientnet_lite0"},
@@ -286,7 +286,7 @@ def test_cached_head_on_real_imagenet_weights_matches_the_uncached_head(tmp_path
         image_size=64,
         metric="accuracy",
     )
-    uncached = cached.replace(lr=1e-2, epochs=6, batch_size=8)
+    uncached = cached.replace(lr=1e-2, epochs=5, batch_size=8)
     with_cache = [fit(cached, data, split).score for split in splits]
     without = [fit(uncached, data, split, cached_features=False).score for split in splits]
     noise = max(np.std(np.subtract(with_cache, without)), 0.05)
