@@ -116,8 +116,9 @@ DATA_SUMMARY_ARTIFACT = "data_summary"  # + .json and .txt
 SPACE_ARTIFACT = "space.py"
 
 # MLflow model registry: tags on a registered model version, and the alias of the best one.
-MODEL_SCORE_TAG = "hpo.score"
+MODEL_SCORE_TAG = "hpo.score"  # the score versions are compared on: out-of-fold
 MODEL_SCORE_KIND_TAG = "hpo.score_kind"
+MODEL_HOLDOUT_TAG = "hpo.holdout_score"  # reported, never compared (it would turn optimistic)
 MODEL_METRIC_TAG = "hpo.metric"
 ROLE_TAG = "hpo.role"  # on an export's MLflow run: "export"
 CHAMPION_ALIAS = "champion"

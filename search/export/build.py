@@ -337,28 +337,23 @@ def _publish(staging: Path, target: Path) -> Path | None:
 
 def log_to_mlflow(result: ExportResult, study: optuna.Study, console: Console) -> ExportResult:
     """Log and register the export in MLflow; a failure costs one line, never the export;
-    the version becomes ``champion`` when its headline wins."""
-    from search.export.mlflow_model import Headline, failure_line, log_ensemble
+    the version becomes ``champion`` when its out-of-fold score wins (the holdout is a report)."""
+    from search.export.mlflow_model import champion_line, failure_line, log_ensemble, scored
 
-    kind, value = result.scores.headline()
+    headline = scored(result.scores)
     try:
         logged = log_ensemble(
             result.folder,
             study_name=result.study,
             run_id=study.user_attrs.get(keys.STUDY_RUN_ATTR),
             metrics=flat_metrics(result.scores),
-            headline=Headline(result.scores.metric, kind, value),
+            headline=headline,
         )
     except Exception as err:  # the export on disk is complete; MLflow only holds a copy
         line = failure_line(err, folder=result.folder, study=result.study)
         console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
         return result
-    status = (
-        f"now the champion: models:/{result.study}@champion"
-        if logged.champion
-        else "the champion stays the better earlier version"
-    )
-    console.print(f"MLflow model: {logged.uri} (registered as '{result.study}'; {status})")
+    console.print(champion_line(logged, headline, study=result.study, folder=result.folder))
     return replace(result, model_uri=logged.uri, champion=logged.champion)
 
 

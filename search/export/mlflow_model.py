@@ -3,8 +3,10 @@
 The model is logged "from code": its code is `search/export/pyfunc_model.py`, which imports
 only ``trainer`` (shipped beside it) and MLflow, and the export folder is its artifact, so
 nothing is pickled and the model loads where hpo is not installed. The registered version is
-tagged with the export's headline score and gets the alias ``champion`` when that score beats
-the current champion's (registry stages are deprecated; aliases replace them):
+tagged with the export's out-of-fold score and gets the alias ``champion`` when that score beats
+the current champion's (registry stages are deprecated; aliases replace them). The holdout
+score is tagged as a report, never compared: chosen on it export after export (every resume,
+every ``--top-k`` or ``--tta``), the champion's holdout score would be optimistic too.
 
     mlflow.pyfunc.load_model("models:/<study>@champion")
 """
@@ -28,7 +30,14 @@ from mlflow.types import ParamSchema, ParamSpec
 
 import trainer
 from search import keys
-from search.keys import CHAMPION_ALIAS, MODEL_METRIC_TAG, MODEL_SCORE_KIND_TAG, MODEL_SCORE_TAG
+from search.export.report import CV, ExportScores
+from search.keys import (
+    CHAMPION_ALIAS,
+    MODEL_HOLDOUT_TAG,
+    MODEL_METRIC_TAG,
+    MODEL_SCORE_KIND_TAG,
+    MODEL_SCORE_TAG,
+)
 from trainer import metrics as metric_functions
 
 ARTIFACT = "export"  # the artifact name `pyfunc_model.EnsembleModel.load_context` reads
@@ -58,11 +67,13 @@ _REQUIREMENTS = (
 
 @dataclass(frozen=True)
 class Headline:
-    """The score a registered version is compared on: ``kind`` is "holdout" or the CV label."""
+    """The score versions are compared on (``kind``: the CV label for the out-of-fold score),
+    and the holdout score, which is tagged as a report and never compared."""
 
     metric: str
     kind: str
     value: float
+    holdout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,8 @@ def promote(name: str, version: str, headline: Headline) -> bool:
         MODEL_SCORE_KIND_TAG: headline.kind,
         MODEL_METRIC_TAG: headline.metric,
     }
+    if headline.holdout is not None:
+        tags[MODEL_HOLDOUT_TAG] = repr(headline.holdout)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     try:
@@ -144,10 +157,43 @@ def promote(name: str, version: str, headline: Headline) -> bool:
 
 
 def _beats(headline: Headline, champion: Mapping[str, str]) -> bool:
+    # A champion chosen on another metric or kind of score (older versions of hpo chose on
+    # the holdout) cannot be compared with: the new version replaces it.
     if champion.get(MODEL_METRIC_TAG) != headline.metric or MODEL_SCORE_TAG not in champion:
+        return True
+    if champion.get(MODEL_SCORE_KIND_TAG, headline.kind) != headline.kind:
         return True
     best = float(champion[MODEL_SCORE_TAG])
     return metric_functions.is_better(headline.metric, headline.value, best)
+
+
+def scored(scores: ExportScores) -> Headline:
+    """What a version of the export is compared on: its out-of-fold score (the holdout is kept
+    as a report)."""
+    kind, value = scores.headline()
+    holdout = value if kind == "holdout" else None
+    return Headline(scores.metric, CV, float(scores.rows[0].cv.get(scores.metric)), holdout)
+
+
+def champion_line(logged: Logged, headline: Headline, *, study: str, folder: Path) -> str:
+    """The line that says which version is the champion now, and on what it was chosen."""
+    if not logged.champion:
+        status = (
+            f"the champion stays an earlier version with a better out-of-fold {headline.metric}; "
+            f"{folder} holds this version, not the champion"
+        )
+    else:
+        note = (
+            "optimistic; the study has no holdout"
+            if headline.holdout is None
+            else f"optimistic; its holdout {headline.holdout:.4f} is only reported, not used "
+            "to choose, so that it stays an honest estimate"
+        )
+        status = (
+            f"now the champion: models:/{study}@champion, chosen on its out-of-fold "
+            f"{headline.metric} {headline.value:.4f} ({note})"
+        )
+    return f"MLflow model: {logged.uri} (registered as '{study}'; {status})"
 
 
 def failure_line(err: BaseException, *, folder: Path, study: str) -> str:

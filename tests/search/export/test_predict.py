@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import subprocess
 import sys
@@ -10,18 +11,24 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from search.cli.predict import add_parser
+from search.export.build import ExportResult, log_to_mlflow
 from search.export.mlflow_model import Headline, log_ensemble
+from search.export.onnx_model import OnnxCheck
 from search.export.predict import PredictInputError
+from search.export.report import ExportScores, Row, Scores
 from search.study.splits import holdout_indices
 from search.study.storage import stored_folds
 from trainer.cache import cached_images
 from trainer.ensemble import Ensemble, ExportError
 from trainer.errors import ConfigError
+from trainer.manifest import Manifest
 from trainer.sources import load_table
 
 PROBS = [f"prob_{d}" for d in range(10)]
@@ -225,6 +232,42 @@ def test_the_champion_alias_moves_only_to_a_better_headline(digits):
     assert log(0.5, metric="accuracy")  # another metric cannot be compared: the new one wins
     loaded = mlflow.pyfunc.load_model("models:/champ@champion")
     assert loaded.metadata.run_id == client.get_model_version("champ", "5").run_id
+
+
+def _export_scored(folder: Path, cv: float, holdout: float) -> ExportResult:
+    """An export of ``folder`` whose out-of-fold and holdout F1 are ``cv`` and ``holdout``."""
+    row = Row("selection", Scores(cv, cv, 0.3), Scores(holdout, holdout, 0.3), None)
+    scores = ExportScores(
+        "oof", "f1_macro", "select", (0,), (cv,), (1,), (row,), 900, 100, "none", "hflip"
+    )
+    folder.mkdir(exist_ok=True)
+    (folder / "report.md").write_text(f"# Export (CV {cv}, holdout {holdout})\n")
+    manifest = Manifest(("a", "b"), ())
+    return ExportResult(folder, "oof", (0,), ("trial0-fold0",), scores, manifest, OnnxCheck(1, 0))
+
+
+def test_the_champion_is_chosen_on_the_out_of_fold_score_and_the_holdout_is_a_report(tmp_path):
+    # Issue 24 item 11: chosen on the holdout export after export, @champion's holdout score
+    # was optimistic, and export/ on disk and @champion could be different models.
+    study, client = optuna.create_study(direction="maximize"), mlflow.MlflowClient()
+    out = io.StringIO()
+    console = Console(file=out, width=400)
+
+    export = tmp_path / "export"
+    first = log_to_mlflow(_export_scored(export, cv=0.90, holdout=0.80), study, console)
+    assert first.champion
+    said = " ".join(out.getvalue().split())
+    assert "out-of-fold f1_macro 0.9000" in said and "holdout 0.8000" in said
+    assert "not used to choose" in said
+
+    second = log_to_mlflow(_export_scored(export, cv=0.85, holdout=0.95), study, console)
+    assert not second.champion  # a better holdout does not make it the champion
+    champion = client.get_model_version_by_alias("oof", "champion")
+    assert str(champion.version) == "1" and champion.tags["hpo.score"] == "0.9"
+    assert champion.tags["hpo.score_kind"] == "CV (optimistic)"
+    assert champion.tags["hpo.holdout_score"] == "0.8"
+    said = " ".join(out.getvalue().split())
+    assert f"{export} holds this version, not the champion" in said
 
 
 def test_the_mlflow_model_ships_only_trainer_and_loads_without_search(digits, holdout, tmp_path):
