@@ -12,9 +12,10 @@ Methods, at equal compute (epochs trained, pruned trials' epochs included):
   in; the rung median, then the fold rule);
 - ``random``: random search, no pruning; ``tpe``: hpo's sampler, no pruning;
 - ``sha``, ``hyperband``: Optuna's SuccessiveHalvingPruner and HyperbandPruner (reduction
-  factor 3, minimum resource 1 epoch) on one step axis: the epochs the trial has trained over
-  all its folds, the value there the mean of its folds' best scores so far (the fold under way
-  counted by its best epoch yet); hpo's sampler;
+  factor 3, minimum resource a ninth of the schedule, so that SHA's rungs sit at a ninth and a
+  third of it) on one step axis: the epochs the trial has trained over all its folds, the
+  value there the mean of its folds' best scores so far (the fold under way counted by its
+  best epoch yet); hpo's sampler;
 - ``wilcoxon``: hpo's ``pruner=wilcoxon`` (Optuna's WilcoxonPruner across folds);
 - ``forgiving``: Bergman, Purucker and Hutter (AutoML 2024): after each fold, a trial stops
   when the mean of its folds so far is below the worst fold of the best complete trial;
@@ -146,20 +147,25 @@ def hpo_pruner(space: Any) -> BasePruner:
     )
 
 
+def _steps(space: Any) -> int:
+    return space.settings.folds * space.config({}).epochs
+
+
+def _sha(space: Any) -> BasePruner:
+    # Rungs at a ninth and a third of the whole schedule (a reduction factor of 3).
+    return SuccessiveHalvingPruner(min_resource=max(_steps(space) // 9, 1), reduction_factor=3)
+
+
 def _hyperband(space: Any) -> BasePruner:
-    steps = space.settings.folds * space.config({}).epochs
-    return HyperbandPruner(min_resource=1, max_resource=steps, reduction_factor=3)
+    steps = _steps(space)
+    return HyperbandPruner(min_resource=max(steps // 9, 1), max_resource=steps, reduction_factor=3)
 
 
 METHODS = {
     "hpo": Method(None, hpo_pruner),
     "random": Method("random", lambda space: NopPruner()),
     "tpe": Method("tpe", lambda space: NopPruner()),
-    "sha": Method(
-        "tpe",
-        lambda space: SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-        reporter=AxisReporter,
-    ),
+    "sha": Method("tpe", _sha, reporter=AxisReporter),
     "hyperband": Method("tpe", _hyperband, reporter=AxisReporter),
     "wilcoxon": Method("tpe", hpo_pruner, overrides=("pruner=wilcoxon",)),
     "forgiving": Method("tpe", lambda space: Forgiving()),
@@ -352,6 +358,9 @@ def replay_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     b = args.budget * curves.space.settings.folds * curves.space.config({}).epochs
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     runs: dict[str, list[Run]] = {}
+    # By its module's name: a worker process unpickles it by reference (not __main__'s copy).
+    from bench.search_replay import replay_one
+
     for name in args.methods:
         started = time.perf_counter()
         runs[name] = joblib.Parallel(n_jobs=args.jobs)(
