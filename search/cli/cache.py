@@ -1,4 +1,5 @@
-"""`hpo cache` lists the decoded-image caches; `hpo cache clean` removes those no study uses."""
+"""`hpo cache` lists the decoded-image caches and the backbone feature caches computed from
+them; `hpo cache clean` removes those no study uses."""
 
 from __future__ import annotations
 
@@ -50,11 +51,12 @@ def _default_dir() -> Path:
 
 def _table(entries, directory: Path) -> Table:
     table = Table(title=f"Image caches in {directory}")
-    for column in ("file", "source", "size", "images", "MiB", "last use", "used by"):
+    for column in ("file", "kind", "source", "size", "images", "MiB", "last use", "used by"):
         table.add_column(column, justify="right" if column in ("size", "images", "MiB") else "left")
     for e in entries:
         table.add_row(
             e.path.name,
+            e.kind,
             e.source,
             f"{e.size}px" if e.size else "?",
             str(e.images or "?"),

@@ -20,6 +20,9 @@ from filelock import FileLock, Timeout
 
 USES_FILE = "caches.json"
 BUILDING = ".tmp.npy"  # how the file of a cache being built ends (see trainer.cache)
+# How a backbone feature cache's name goes on after its image cache's stem: it belongs to that
+# image cache (trainer.cache.FEATURES_MARK; repeated here, where torch is not wanted).
+FEATURES_MARK = "--features-"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class CacheEntry:
     bytes: int
     last_used: float
     used_by: tuple[str, ...]
+    kind: str = "images"  # or "features": a backbone's features of an image cache's images
 
 
 def record_use(study_folder: Path, cache: Path, *, source: str, size: int, images: int) -> None:
@@ -55,13 +59,16 @@ def record_use(study_folder: Path, cache: Path, *, source: str, size: int, image
 
 
 def list_caches(directory: Path, studies: Path) -> list[CacheEntry]:
-    """Every cache file in ``directory``, with the studies under ``studies`` that use it."""
+    """Every cache file in ``directory``, with the studies under ``studies`` that use it.
+
+    A feature cache is used by the studies that use its image cache.
+    """
     users: dict[str, list[str]] = {}
     for uses in sorted(studies.glob(f"*/{USES_FILE}")):
         for name in _read_list(uses):
             users.setdefault(name, []).append(uses.parent.name)
     finished = [p for p in sorted(directory.glob("*.npy")) if not p.name.endswith(BUILDING)]
-    return [_entry(path, tuple(users.get(path.name, ()))) for path in finished]
+    return [_entry(path, tuple(users.get(_owner(path).name, ()))) for path in finished]
 
 
 def remove_unused(entries: Sequence[CacheEntry]) -> list[CacheEntry]:
@@ -88,8 +95,14 @@ def describe_age(seconds_ago: float) -> str:
     return "just now"
 
 
+def _owner(path: Path) -> Path:
+    """The image cache that ``path`` belongs to: itself, or for features their image cache."""
+    stem, mark, _ = path.name.partition(FEATURES_MARK)
+    return path.with_name(f"{stem}.npy") if mark else path
+
+
 def _entry(path: Path, used_by: tuple[str, ...]) -> CacheEntry:
-    about = _read_dict(_about(path))
+    about = _read_dict(_about(_owner(path)))
     stat = path.stat()
     size = about.get("size")
     return CacheEntry(
@@ -100,6 +113,7 @@ def _entry(path: Path, used_by: tuple[str, ...]) -> CacheEntry:
         bytes=stat.st_size,
         last_used=time.time() - stat.st_mtime,
         used_by=used_by,
+        kind="images" if _owner(path) == path else "features",
     )
 
 

@@ -97,3 +97,38 @@ def test_workers_recording_their_caches_at_once_lose_none(tmp_path: Path):
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
     recorded = json.loads((tmp_path / "s" / "caches.json").read_text())
     assert len(recorded) == 4 * 150
+
+
+def test_feature_caches_are_listed_and_cleaned_with_their_image_cache(tmp_path: Path, capsys):
+    from trainer.cache import FEATURES_MARK
+
+    cache, studies = tmp_path / "cache", tmp_path / "studies"
+    used, old = _unused_cache(cache, "used-8px-aaaa.npy"), _unused_cache(cache, "old-8px-bbbb.npy")
+    (cache / "used-8px-aaaa.json").write_text(json.dumps({"source": "photos/", "size": 8}))
+    features = []
+    for image_cache in (used, old):
+        name = f"{image_cache.stem}{FEATURES_MARK}ResNet-0123456789abcdef-plain.npy"
+        np.save(cache / name, np.zeros((4, 16), np.float32))
+        features.append(cache / name)
+    (studies / "mine").mkdir(parents=True)
+    (studies / "mine" / "caches.json").write_text(json.dumps([used.name]))
+
+    entries = {e.path: e for e in list_caches(cache, studies)}
+    assert entries[features[0]].used_by == ("mine",) and entries[features[0]].kind == "features"
+    assert (entries[features[0]].source, entries[features[0]].size) == ("photos/", 8)
+    assert entries[features[1]].used_by == () and entries[used].kind == "images"
+    common = ["--dir", str(cache), "--studies", str(studies)]
+    assert main(["cache", *common]) == 0
+    assert "features" in capsys.readouterr().out
+
+    assert main(["cache", "clean", *common]) == 0
+    assert "Removed 2 unused caches" in capsys.readouterr().out
+    assert used.exists() and features[0].exists()
+    assert not old.exists() and not features[1].exists()
+
+
+def test_the_study_side_names_feature_caches_as_the_trainer_does():
+    from search.study import caches
+    from trainer import cache
+
+    assert caches.FEATURES_MARK == cache.FEATURES_MARK
