@@ -2,7 +2,8 @@
 
 A refined space (narrower ranges, a parameter now fixed, one more searched) starts informed:
 every finished trial of the other study whose configuration the new space can express is
-copied with `optuna.Study.add_trial`, its value, fold scores and outcome with it. Copying is
+copied with `optuna.Study.add_trial`, its value, fold scores and outcome with it (a pruned
+trial's rung values moved onto this study's rungs, `moved_steps`). Copying is
 refused when scores would not mean the same: other data, other folds, or a value fixed
 differently in both spaces (epochs, image size, metric, ...).
 """
@@ -30,6 +31,7 @@ from search.keys import (
     WARM_STARTED,
 )
 from search.space.spacefile import HARDWARE_FIELDS, Space
+from search.study.pruning import Rungs
 from search.study.storage import StudyError
 from trainer.config import TrainConfig
 
@@ -106,7 +108,29 @@ def translate(trial: FrozenTrial, old_fixed: dict[str, Any], space: Space) -> di
     return params
 
 
-def _copy(trial: FrozenTrial, params: dict, space: Space, name: str, steps: bool) -> Any:
+def moved_steps(values: dict[int, float], epochs: int, old: Rungs, new: Rungs) -> dict[int, float]:
+    """A trial's rung values, moved from the steps of rungs ``old`` to those of ``new``.
+
+    A value after whole folds keeps its number of folds. A value at an epoch of the first
+    fold (of ``epochs``) goes to the first rung of ``new`` at that epoch or later: at a later
+    one it understates the trial, so TPE ranks it by the rung it reached without flattering
+    it, and the pruner's peers there only become more lenient. A value that no rung of
+    ``new`` can take is dropped.
+    """
+    epoch_of = {step: epoch for epoch, step in old.epoch_steps(epochs).items()}
+    targets = sorted(new.epoch_steps(epochs).items())
+    moved: dict[int, float] = {}
+    for step, value in sorted(values.items()):
+        if old.folds_done(step):
+            moved[new.fold_step(old.folds_done(step))] = value
+            continue
+        later = [t for epoch, t in targets if step in epoch_of and epoch >= epoch_of[step]]
+        if later:
+            moved.setdefault(later[0], value)
+    return moved
+
+
+def _copy(trial: FrozenTrial, params: dict, space: Space, name: str, rungs: Rungs) -> Any:
     attrs = {k: trial.user_attrs[k] for k in _KEPT if k in trial.user_attrs}
     attrs[WARM_START_FROM] = f"{name}#{trial.number}"
     complete = trial.state == TrialState.COMPLETE
@@ -116,8 +140,12 @@ def _copy(trial: FrozenTrial, params: dict, space: Space, name: str, steps: bool
         params=params,
         distributions={k: space.searched[k].distribution for k in params},
         user_attrs=attrs,
-        # Rung steps mean the same only when both studies have the same rungs.
-        intermediate_values=dict(trial.intermediate_values) if steps else {},
+        intermediate_values=moved_steps(
+            dict(trial.intermediate_values),
+            int(attrs.get("config", {}).get("epochs", space.config(params).epochs)),
+            rungs,
+            Rungs.of(space.settings),
+        ),
     )
 
 
@@ -132,9 +160,9 @@ def warm_start(study: optuna.Study, source: optuna.Study, name: str, space: Spac
         return WarmStart(name, {}, 0, already=True)
     check_source(study, source, name, space)
     identity = source.user_attrs.get(keys.IDENTITY_ATTR, {})
-    same_rungs = _jsonish(identity.get("settings", {}).get("pruner_epoch_rungs")) == _jsonish(
-        space.settings.pruner_epoch_rungs
-    )
+    stored = identity.get("settings", {}).get("pruner_epoch_rungs")
+    # Rung steps mean the same only for the same rungs; others are moved (see `moved_steps`).
+    rungs = Rungs(tuple(stored), space.settings.folds) if stored else Rungs.of(space.settings)
     old_fixed = dict(identity.get("fixed", {}))
     finished = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     copied, skipped = {}, 0
@@ -143,7 +171,7 @@ def warm_start(study: optuna.Study, source: optuna.Study, name: str, space: Spac
         if params is None:
             skipped += 1
             continue
-        study.add_trial(_copy(trial, params, space, name, same_rungs))
+        study.add_trial(_copy(trial, params, space, name, rungs))
         copied[trial.number] = study.get_trials(deepcopy=False)[-1].number
     study.set_user_attr(WARM_STARTED, {**done, name: len(copied)})
     return WarmStart(name, copied, skipped)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
 
 import search.engine.objective as objective_module
 from search.cli.main import main
@@ -118,6 +118,30 @@ def test_patience_counts_only_the_trials_this_study_ran_not_the_copied_ones(tmp_
     new = [t for t in study.trials if WARM_START_FROM not in t.user_attrs]
     assert len(study.trials) - len(new) > 3 and copied > 3
     assert len(new) >= 3
+
+
+def test_warm_start_moves_pruned_trials_rung_values_onto_this_studys_rungs(tmp_path):
+    # Issue 24 item 12: with other rungs the copied pruned trials lost their intermediate
+    # values, and TPE ranks a pruned trial without any below every other.
+    four = SPACE.replace("epochs = 2", "epochs = 4")
+    first = write(tmp_path / "first.py", "pruner_epoch_rungs = (0.34,)\n", four)
+    run(RunRequest(space=str(first), trials=1, export=False), hooks=[])
+    source, done = load("first"), load("first").trials[0]
+    # Pruned after one fold: the first fold's 2nd epoch (step 0), then that fold (step 1).
+    pruned = create_trial(
+        state=TrialState.PRUNED,
+        params=done.params,
+        distributions=done.distributions,
+        user_attrs={"config": done.user_attrs["config"]},
+        intermediate_values={0: 0.5, 1: 0.6},
+    )
+    source.add_trial(pruned)
+    refined = write(tmp_path / "refined.py", "pruner_epoch_rungs = (0.25, 0.5)\n", four)
+    run(RunRequest(space=str(refined), trials=3, warm_start="first", export=False), hooks=[])
+    study = load("refined")
+    (copy,) = [t for t in study.trials if t.state == TrialState.PRUNED]
+    # Here the 2nd epoch is step 1 (the 1st is step 0), and one fold done is step 2.
+    assert copy.intermediate_values == {1: 0.5, 2: 0.6}
 
 
 def test_warm_start_is_refused_when_scores_would_not_compare(tmp_path, capsys):
