@@ -91,6 +91,30 @@ FIELD_RANGES: dict[str, Check] = {
 }
 """The range of each `TrainConfig` field that has one; its type comes from its hint."""
 
+HEAD_INERT: tuple[str, ...] = (
+    "lr",
+    "batch_size",
+    "grad_accum",
+    "epochs",
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "scheduler",
+    "warmup_epochs",
+    "step_size",
+    "step_gamma",
+    "grad_clip",
+    "patience",
+    "dropout",
+    "drop_path",
+)
+"""Fields that do not act on a ``finetune="head"`` trial: its linear head is fitted to
+convergence by L-BFGS on cached features of the frozen backbone (`trainer.loop.fit`), so no
+optimizer, schedule or epoch count reaches it, and dropout and stochastic depth would only act
+on a trunk that no longer runs. What acts: the backbone, its weights, ``image_size``,
+``augment``, ``hflip``, ``feature_views``, ``weight_decay`` (the L2 strength), ``loss``,
+``label_smoothing``, ``focal_gamma`` and ``class_weights``."""
+
 
 def field_check(name: str, hint: Any) -> Check:
     """The check of the `TrainConfig` field ``name`` of type ``hint``: its type, then its range."""

@@ -223,6 +223,7 @@ def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Spac
             raise SpaceError(f"{where[name]}: unknown name '{name}'{_did_you_mean(name)}")
     for name in searched:
         _check_conditions(name, searched, fixed, where[name])
+    _check_searched_on_head(fixed, searched, where)
     space = Space(
         path, StudySettings(**settings), fixed, _ordered(searched, where), frozenset(values)
     )
@@ -331,3 +332,20 @@ def _ordered(searched: dict[str, Searched], where: dict[str, str]) -> dict[str, 
         for name in ready:
             ordered[name] = pending.pop(name)
     return ordered
+
+
+def _check_searched_on_head(
+    fixed: dict[str, Any], searched: dict[str, Searched], where: dict[str, str]
+) -> None:
+    """Refuse to search what cannot act when every trial fits a converged linear head."""
+    if fixed.get("finetune", _DEFAULTS["finetune"]) != "head":
+        return  # full or probe_full, or searched: the parameter acts on some trials
+    inert = [name for name in searched if name in checks.HEAD_INERT]
+    if inert:
+        name = inert[0]
+        raise SpaceError(
+            f"{where[name]}: {name} is searched, but with finetune='head' every trial fits its "
+            f"linear head to convergence on cached features, so {name} does not act; fix it "
+            "to one value or remove it (weight_decay, loss, label_smoothing, augment and "
+            "feature_views act on head trials)."
+        )

@@ -56,6 +56,7 @@ class TrialRuns:
     flush_seconds: float = 10.0
     pending: list[Metric] = field(default_factory=list)
     flushed: float = field(default_factory=time.monotonic)
+    epoch: int = -1  # the open fold's last epoch: an earlier one means the fold started again
 
     def log_config(self, searched: list[str], config: TrainConfig) -> None:
         """The resolved config as params (and config.yaml); which parameters were searched."""
@@ -72,6 +73,9 @@ class TrialRuns:
         if self.fold != row.fold:
             self.end_fold("FINISHED")
             self._start_fold(row.fold)
+        elif row.epoch <= self.epoch:
+            self._restart_fold(row.fold)
+        self.epoch = row.epoch
         if self.fold_run_id is None:
             return
         self.pending += metrics(content.epoch_values(row), step=row.epoch)
@@ -87,12 +91,25 @@ class TrialRuns:
             self.client.log_batch(self.fold_run_id, metrics=chunk, tags=tags)
             tags = ()
 
-    def _start_fold(self, fold: int) -> None:
+    def _restart_fold(self, fold: int) -> None:
+        """The fold started again (retried with a smaller batch after running out of memory).
+
+        Its first attempt's epochs stay in their run, closed as failed, and the retry gets a
+        run of its own: in one run, each epoch's step would be logged twice.
+        """
+        from mlflow.entities import RunTag
+
+        if self.fold_run_id is not None:
+            self._flush(tags=[RunTag(keys.STOP_REASON_TAG, "retried with a smaller batch")])
+        self.end_fold("FAILED")
+        self._start_fold(fold, suffix="-retry")
+
+    def _start_fold(self, fold: int, suffix: str = "") -> None:
         tags = {
             **content.fold_run_tags(self.study, self.number, fold),
             keys.PARENT_TAG: self.run_id,
         }
-        name = f"trial-{self.number}-fold-{fold}"
+        name = f"trial-{self.number}-fold-{fold}{suffix}"
         created = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
         self.fold, self.fold_run_id = fold, created.info.run_id
 

@@ -237,6 +237,30 @@ def test_short_epochs_of_a_fold_go_out_in_one_write_with_its_summary():
     assert len(calls) == 4
 
 
+def test_a_retried_fold_logs_each_epoch_once_and_its_first_attempt_in_a_run_of_its_own():
+    # Issue 24 item 17: a fold retried after running out of memory logged its epochs twice.
+    prepare_mlflow()
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("retried")
+    trial_run = client.create_run(experiment).info.run_id
+    runs = TrialRuns(client, experiment, "retried", 0, trial_run, flush_seconds=3600)
+    for number in (0, 1, 2):  # out of memory in the 4th epoch: the fold starts again
+        runs.epoch_ended(epoch(0, number))
+    for number in range(4):
+        runs.epoch_ended(epoch(0, number))
+    probs = np.full((2, 2), 0.5)
+    runs.fold_ended(FoldResult(0, 0.65, 3, (), np.array([0, 1]), probs, {}, 1.0, None))
+
+    folds = client.search_runs([experiment], "tags.`hpo.fold` = '0'")
+    steps = {
+        run.info.run_name: [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        for run in folds
+    }
+    assert steps == {"trial-0-fold-0": [0, 1, 2], "trial-0-fold-0-retry": [0, 1, 2, 3]}
+    status = {run.info.run_name: run.info.status for run in folds}
+    assert status == {"trial-0-fold-0": "FAILED", "trial-0-fold-0-retry": "FINISHED"}
+
+
 def test_trial_mean_and_spread_over_folds(tracked):
     for trial in tracked.study.get_trials(states=(TrialState.COMPLETE,)):
         metrics = tracked.trial_run(trial.number).data.metrics
