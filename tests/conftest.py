@@ -28,6 +28,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Fixtures wider than one test run before `_isolated_cwd`, in the directory pytest started
+    in (often the checkout): their image and weights caches go to a temporary folder instead of
+    its studies/cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPO_CACHE_DIR", str(tmp_path_factory.mktemp("session-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path, monkeypatch):
     """Every test runs in its own folder so that studies/, mlflow.db and caches never leak."""
