@@ -22,15 +22,20 @@ top_k = 2  # ensemble selection picks, with weights, from the fold models of the
 tta = "hflip"
 
 backbone = choice("convnext_tiny", "efficientnet_b0", "resnet50", "vit_small_patch16_224")
-finetune = choice("full", "head")
-lr = loguniform(1e-5, 3e-3)
-batch_size = choice(32, 64)
-optimizer = choice("adamw", "sgd")
-weight_decay = loguniform(1e-6, 5e-2)
-warmup_epochs = uniform(0.0, 2.0)
+# head: a linear head fitted to convergence on cached features (seconds per trial);
+# probe_full: that head, then full fine-tuning from it (LP-FT); full: fine-tune from a random head.
+finetune = choice("full", "head", "probe_full")
+# What only acts when the backbone trains (a head trial has no steps, epochs or dropout).
+_TRAINS = {"finetune": ["full", "probe_full"]}
+lr = loguniform(1e-5, 3e-3, when=_TRAINS)
+batch_size = choice(32, 64, when=_TRAINS)
+optimizer = choice("adamw", "sgd", when=_TRAINS)
+weight_decay = loguniform(1e-6, 5e-2)  # for head trials, the L2 strength of the probe
+warmup_epochs = uniform(0.0, 2.0, when=_TRAINS)
 scheduler = "cosine"
-dropout = uniform(0.0, 0.4)
-drop_path = uniform(0.0, 0.2)
+dropout = uniform(0.0, 0.4, when=_TRAINS)
+drop_path = uniform(0.0, 0.2, when=_TRAINS)
+feature_views = 4  # augmented views per image whose features head trials train on
 augment = choice("light", "medium", "heavy")
 loss = choice("ce", "focal", "label_smoothing")
 focal_gamma = uniform(1.0, 3.0, when={"loss": "focal"})

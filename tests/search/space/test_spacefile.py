@@ -220,3 +220,41 @@ def test_a_searched_metric_is_refused_because_it_sets_the_direction(tmp_path):
         "metric = 'f1_macro'."
     )
     assert load_space(path, ["metric=log_loss"]).settings.metric == "log_loss"
+
+
+def test_searching_what_a_converged_head_ignores_is_refused(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        finetune = "head"
+        weight_decay = loguniform(1e-5, 1e-1)
+        lr = loguniform(1e-4, 1e-2)
+        """,
+    )
+    message = error_of(path)
+    assert f"{path}:5: lr is searched" in message and "does not act" in message
+    assert "fix it to one value or remove it" in message
+
+
+def test_what_acts_on_head_trials_may_be_searched(tmp_path):
+    head = write(
+        tmp_path,
+        """
+        finetune = "head"
+        lr = 0.01
+        weight_decay = loguniform(1e-5, 1e-1)
+        augment = choice("none", "light")
+        feature_views = choice(2, 4)
+        """,
+    )
+    assert set(load_space(head).searched) == {"weight_decay", "augment", "feature_views"}
+    mixed = write(
+        tmp_path,
+        """
+        finetune = choice("full", "head", "probe_full")
+        lr = loguniform(1e-4, 1e-2, when={"finetune": ["full", "probe_full"]})
+        dropout = uniform(0.0, 0.3)
+        """,
+        name="mixed.py",
+    )
+    assert set(load_space(mixed).searched) == {"finetune", "lr", "dropout"}
