@@ -340,7 +340,11 @@ def _check_searched_on_head(
     """Refuse to search what cannot act when every trial fits a converged linear head."""
     if fixed.get("finetune", _DEFAULTS["finetune"]) != "head":
         return  # full or probe_full, or searched: the parameter acts on some trials
-    inert = [name for name in searched if name in checks.HEAD_INERT]
+    inert = [
+        name
+        for name in searched
+        if name in checks.HEAD_INERT and "head" in searched[name].when.get("finetune", ("head",))
+    ]
     if inert:
         name = inert[0]
         raise SpaceError(

@@ -258,3 +258,16 @@ def test_what_acts_on_head_trials_may_be_searched(tmp_path):
         name="mixed.py",
     )
     assert set(load_space(mixed).searched) == {"finetune", "lr", "dropout"}
+
+
+def test_a_parameter_only_for_trained_backbones_may_stay_with_finetune_head(tmp_path):
+    # A study that fixes finetune="head" in a space written for several modes keeps its file.
+    path = write(
+        tmp_path,
+        """
+        finetune = "head"
+        lr = loguniform(1e-4, 1e-2, when={"finetune": ("full", "probe_full")})
+        weight_decay = loguniform(1e-5, 1e-1)
+        """,
+    )
+    assert set(load_space(path).searched) == {"lr", "weight_decay"}
