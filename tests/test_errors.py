@@ -236,6 +236,11 @@ def test_e42_metric_searched(capsys):
     untouched(capsys, "E42", ["run", space_file("metric.py", text), "--study", "tiny"])
 
 
+def test_e80_searching_what_a_converged_head_ignores(capsys):
+    text = SPACE + 'finetune = "head"\n'
+    untouched(capsys, "E80", ["run", space_file("head.py", text), "--study", "tiny"])
+
+
 def test_e09_override_without_equals(capsys):
     untouched(capsys, "E09", ["run", "tiny.py", "lr"])
 

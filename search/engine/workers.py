@@ -163,8 +163,10 @@ def _run_workers(request: RunRequest, plan: Sequence[dict[str, str]], spares: li
             )
             watch(current, workers)
         outcome = _outcome(current, workers)
-    except KeyboardInterrupt:
-        outcome = "interrupted"
+    except BaseException as err:
+        # Ctrl-C, or the parent gives up (its storage stayed away, an error of its own): its
+        # workers, in process groups of their own, would go on without it.
+        outcome = "interrupted" if isinstance(err, KeyboardInterrupt) else outcome
         _stop(workers)
         raise
     finally:

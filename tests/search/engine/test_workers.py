@@ -291,3 +291,29 @@ def test_the_parent_prints_the_trials_that_ended_after_its_last_look_and_does_no
     lines = text.splitlines()
     assert not [line for line in lines if line.startswith("trial 0 ")]  # ended before: not news
     assert [line for line in lines if line.startswith("trial 1 0.8000")]
+
+
+def test_a_parent_that_gives_up_stops_its_workers(monkeypatch):
+    # Issue 24 item 17: e.g. the storage stayed away past the parent's patience; its workers,
+    # in process groups of their own, went on without it.
+    from search.engine import workers as workers_module
+    from search.hooks import HookList
+    from search.study.storage import StudyError
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    current = SimpleNamespace(study=None, console=Console(), place=SimpleNamespace(name="w"))
+
+    def gives_up(*args: object, **kwargs: object) -> None:
+        raise StudyError("The study storage did not answer for 600 s.")
+
+    monkeypatch.setattr(workers_module, "prepare", lambda request: current)
+    monkeypatch.setattr(workers_module, "hooks_for", lambda *args: HookList([]))
+    monkeypatch.setattr(workers_module, "start_workers", lambda *a: [Worker(0, sleeper, LOGS)])
+    monkeypatch.setattr(workers_module, "watch", gives_up)
+    try:
+        with pytest.raises(StudyError):
+            workers_module._run_workers(RunRequest(space="w.py", workers=1), [{}], [])
+        assert sleeper.poll() is not None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
