@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-# `--tta` without a mode: the export's own mode, or hflip when the export has none.
+# `--tta` without a mode: the export's own mode, or hflip when the export has none and its
+# models were trained with flips (every TTA mode mirrors images; hflip=False rules them out).
 EXPORT_TTA = "export"
 
 
@@ -122,8 +123,8 @@ def predict_to_csv(
         export: The export folder.
         source: A folder of images or a CSV with a path column.
         out: The CSV to write.
-        tta: A TTA mode, ``"export"`` for the export's own (hflip if it has none), or None
-            for the export's default.
+        tta: A TTA mode, ``"export"`` for the export's own (hflip if it has none and its
+            models may flip), or None for the export's default.
         device: ``cuda``, ``mps`` or ``cpu``; None picks the best available.
         batch_size: Images decoded and predicted at a time.
         progress: Show a progress bar on stderr.
@@ -163,7 +164,7 @@ def _torch_probs(
     from trainer.ensemble import Ensemble
 
     ensemble = Ensemble.load(export, device=device)
-    mode = _tta_mode(tta, ensemble.tta)
+    mode = _tta_mode(tta, ensemble.tta, flips=_may_flip(export))
     tta_views(mode)  # a wrong mode fails before any image is decoded
     probs, failed = ensemble.predict_files(
         inputs.files, tta=mode, batch_size=batch_size, progress=progress
@@ -191,12 +192,19 @@ def _onnx_probs(
     return probs, failed, model.classes
 
 
-def _tta_mode(requested: str | None, exported: str) -> str:
+def _tta_mode(requested: str | None, exported: str, *, flips: bool) -> str:
     if requested is None:
         return exported
     if requested == EXPORT_TTA:
-        return exported if exported != "none" else "hflip"
+        return exported if exported != "none" or not flips else "hflip"
     return requested
+
+
+def _may_flip(export: str | Path) -> bool:
+    """Whether every member was trained with horizontal flips (``hflip``, on by default)."""
+    from trainer.manifest import Manifest
+
+    return all(m.config.get("hflip", True) for m in Manifest.read(Path(export)).members)
 
 
 def _write(table: pd.DataFrame, out: Path) -> None:
