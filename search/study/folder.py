@@ -27,21 +27,20 @@ DEFAULT = "default"  # study.json's storage when it is the folder's own study.db
 def check_folder(storage: BaseStorage, place: StudyPlace) -> None:
     """Before a run opens or creates the study: its folder is its own, or nobody's.
 
-    A folder left by a deleted study of the same storage may be taken over.
+    The folder is the study's when ``study.json`` names this storage (a folder left by a study
+    deleted from it is taken over), or another spelling of it that holds this study's id.
 
     Raises:
-        StudyError: The folder belongs to another study of the same name.
+        StudyError: The folder belongs to a study of the same name in another storage.
     """
     owner = read_owner(place.folder)
-    if owner is None:
+    if owner is None or owner.get("storage") == _storage_of(place):
         return
     try:
         attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
-    except KeyError:  # a new study: only the folder of one deleted from this storage is free
-        if owner.get("storage") != _storage_of(place):
-            raise _refusal(place, owner) from None
-        return
-    if attrs.get(keys.STUDY_UID_ATTR) != owner.get("uid"):
+    except KeyError:  # a new study
+        attrs = {}
+    if attrs.get(keys.STUDY_UID_ATTR) is None or attrs[keys.STUDY_UID_ATTR] != owner.get("uid"):
         raise _refusal(place, owner)
 
 
@@ -49,31 +48,36 @@ def check_owner(study: optuna.Study, place: StudyPlace) -> None:
     """A study that is read (export, warm start) owns its folder, or nobody does.
 
     Raises:
-        StudyError: The folder belongs to another study of the same name.
+        StudyError: The folder belongs to a study of the same name in another storage.
     """
     owner = read_owner(place.folder)
-    if owner is not None and owner.get("uid") != study.user_attrs.get(keys.STUDY_UID_ATTR):
+    if owner is None or owner.get("storage") == _storage_of(place):
+        return
+    if owner.get("uid") != study.user_attrs.get(keys.STUDY_UID_ATTR):
         raise _refusal(place, owner)
 
 
 def claim_folder(study: optuna.Study, place: StudyPlace) -> None:
-    """Write the study's id into its folder (after `check_folder` allowed it).
+    """Write the study's id and storage into its folder (after `check_folder` allowed it).
 
-    A study created before folders were bound gets its id now.
+    A study created before folders were bound gets its id now. Processes that created the
+    study at the same moment may each have written an id; the last one stored wins.
 
     Raises:
-        StudyError: Another study claimed the folder in the meantime.
+        StudyError: A study of the same name in another storage claimed the folder meanwhile.
     """
     uid = study.user_attrs.get(keys.STUDY_UID_ATTR)
     if uid is None:
         uid = uuid.uuid4().hex
         study.set_user_attr(keys.STUDY_UID_ATTR, uid)
     owner = read_owner(place.folder)
-    if owner is not None and owner.get("uid") == uid:
-        return
+    if owner is not None and (
+        owner.get("uid") == uid or owner.get("storage") != _storage_of(place)
+    ):
+        return  # ours (perhaps through another spelling of its storage: the ids agree)
     mine = {"study": place.name, "uid": uid, "storage": _storage_of(place)}
     _write_owner(place.folder, mine, replace=owner is not None)
-    check_owner(study, place)  # a study of the same name that claimed it at the same moment
+    check_owner(study, place)  # a study of another storage that claimed it at the same moment
 
 
 def read_owner(folder: Path) -> dict[str, Any] | None:
@@ -103,10 +107,14 @@ def _write_owner(folder: Path, owner: dict[str, Any], *, replace: bool) -> None:
 
 def _storage_of(place: StudyPlace) -> str:
     """How ``study.json`` names a storage: "default" for the folder's own study.db (which
-    moves with the folder), else the URL without its password."""
-    if place.storage_url == StudyPlace.of(place.name).storage_url:
+    moves with the folder), a SQLite file by its absolute path, else the URL without its
+    password."""
+    url = place.storage_url
+    if url == StudyPlace.of(place.name).storage_url:
         return DEFAULT
-    return redact_url(place.storage_url)
+    if url.startswith("sqlite:///"):
+        return f"sqlite:///{Path(url.removeprefix('sqlite:///')).resolve()}"
+    return redact_url(url)
 
 
 def _refusal(place: StudyPlace, owner: dict[str, Any]) -> StudyError:

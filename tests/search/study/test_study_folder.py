@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,19 @@ def test_a_folder_left_by_a_deleted_study_is_taken_over(tmp_path):
     (first.place.folder / "study.db").unlink()  # the user deleted the study, not its folder
     again = _prepare(tmp_path, seed=1)
     assert again.study.user_attrs["hpo.identity"]
+
+
+def test_processes_that_create_the_study_at_once_all_get_its_folder(tmp_path):
+    # Each process that finds no study sets it up, with an id of its own; the last id stored
+    # wins, and a folder that names this storage stays this study's whatever id it holds.
+    first = _prepare(tmp_path)
+    first.study.set_user_attr("hpo.study_uid", "another process's id")
+    again = _prepare(tmp_path)
+    owner = json.loads((again.place.folder / "study.json").read_text())
+    assert owner["uid"] == "another process's id" and owner["storage"] == "default"
+
+
+def test_another_spelling_of_the_same_storage_is_the_same_study(tmp_path):
+    first = _prepare(tmp_path, storage="sqlite:///shared.db")
+    spelled = f"sqlite:///{Path('shared.db').resolve()}"
+    assert _prepare(tmp_path, storage=spelled).study.user_attrs == first.study.user_attrs
