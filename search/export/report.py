@@ -8,19 +8,20 @@ by `hpo export`, written to report.md, and logged to MLflow as flat metrics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from optuna.trial import FrozenTrial
-from rich.console import Console
+from rich.console import Console, ConsoleOptions
 from rich.table import Table
 
 from search import keys
 from search.space.settings import StudySettings
 from search.space.spacefile import HARDWARE_FIELDS
+from search.study.report import shorten
 from trainer import metrics
 from trainer.manifest import Manifest
 
@@ -193,14 +194,60 @@ def show(scores: ExportScores, console: Console, *, folder: Path, manifest: Mani
     console.print(f"Exported study '{scores.study}' to {folder}")
     console.print(_ensemble_line(scores, manifest))
     console.print(_headline_line(scores))
-    header, body = _table_cells(scores)
-    table = Table(*header, title=f"Scores of the export ({scores.metric})", title_justify="left")
-    for cells in body:
-        table.add_row(*cells)
-    console.print(table)
+    console.print(ScoresTable(scores))
     verdict = scores.verdict()
     if verdict:
         console.print(verdict)
+
+
+class ScoresTable:
+    """The export's scores as wide as the console: every metric when they fit, else its metric.
+
+    Args:
+        scores: The export's scores.
+    """
+
+    def __init__(self, scores: ExportScores) -> None:
+        self.scores = scores
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
+        header, body = _table_cells(self.scores)
+        title = f"Scores of the export ({self.scores.metric})"
+        if _boxed_width(header, body) <= options.max_width:
+            table = Table(*header, title=title, title_justify="left")
+            for cells in body:
+                table.add_row(*cells)
+            yield table
+            return
+        yield _compact_table(self.scores, options.max_width, f"{title}; all metrics in report.md")
+
+
+def _boxed_width(header: Sequence[str], body: Sequence[Sequence[str]]) -> int:
+    """Characters a boxed Rich table of these cells needs: cells, padding and rules."""
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _compact_table(scores: ExportScores, width: int, title: str) -> Table:
+    """The export's metric only, in borderless columns; model names cut to the room left."""
+    m, viewed = scores.metric, scores.tta_compared != "none"
+    header = [CV]
+    if scores.holdout_size:
+        header += ["holdout", *([f"+{scores.tta_compared}"] if viewed else [])]
+    rows = []
+    for row in scores.rows:
+        shown = (row.plain, row.tta) if viewed else (row.plain,)
+        holdout = [_cell(s.get(m) if s else None) for s in shown] if scores.holdout_size else []
+        rows.append([_cell(row.cv.get(m)), *holdout])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    room = max(width - sum(widths) - 2 * len(widths), 12)
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    table.add_column("model", no_wrap=True)
+    for name in header:
+        table.add_column(name, justify="right", no_wrap=True)
+    for row, cells in zip(scores.rows, rows, strict=True):
+        table.add_row(shorten(row.model, room), *cells)
+    return table
 
 
 def _candidate_lines(scores: ExportScores) -> list[str]:

@@ -105,3 +105,19 @@ def test_the_compared_tta_is_the_exports_or_hflip_where_every_member_may_flip():
     assert compared_tta("none", [{"hflip": True}, {"hflip": False}]) == "none"
     assert compared_tta("flip4", [{"hflip": True}]) == "flip4"
     assert compared_tta("none", [{}]) == "hflip"  # TrainConfig's default allows flips
+
+
+def test_the_printed_scores_fit_80_columns_one_line_per_model():
+    scores = _scores(holdout=True)
+    out = io.StringIO()
+
+    show(scores, Console(file=out, width=80), folder=".", manifest=_manifest())
+
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    row = next(line for line in lines if line.lstrip("│ ").startswith("trial 4 soft voting"))
+    assert "0.7900" in row and "0.6900" in row  # its CV and holdout f1_macro on its own line
+    assert "f1_macro" in out.getvalue() and "report.md" in out.getvalue()
+    wide = io.StringIO()
+    show(scores, Console(file=wide, width=300), folder=".", manifest=_manifest())
+    assert "log_loss holdout" in wide.getvalue()  # room for every metric: all are shown
