@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+import timm
 from PIL import Image
+from safetensors.torch import save_file
 
 from search.cli.main import main
 from search.context import RunRequest
@@ -438,6 +440,18 @@ def test_e35_pretrained_hub_weights_while_offline(tmp_path):
 def test_e36_pretrained_weights_file_missing(capsys):
     argv = ["run", "tiny.py", "pretrained=weights/vit.safetensors", "--study", "fresh"]
     untouched(capsys, "E36", argv)
+
+
+def test_e70_pretrained_weights_of_another_architecture(capsys):
+    Path("weights").mkdir()
+    save_file(timm.create_model("test_resnet").state_dict(), "weights/resnet.safetensors")
+    argv = ["run", "tiny.py", "pretrained=weights/resnet.safetensors", "--study", "fresh"]
+    untouched(capsys, "E70", argv)
+
+
+def test_e71_pretrained_dict_without_a_backbone_of_the_space(capsys):
+    weights = "pretrained={'test_resnet': 'weights/resnet.safetensors'}"
+    untouched(capsys, "E71", ["run", "tiny.py", weights, "--study", "fresh"])
 
 
 # --- export and predict ------------------------------------------------------------------------

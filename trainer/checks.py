@@ -34,6 +34,11 @@ def fits(value: Any, hint: Any) -> bool:
         return any(value == arg and type(value) is type(arg) for arg in get_args(hint))
     if origin in (Union, types.UnionType):
         return any(fits(value, arg) for arg in get_args(hint))
+    if origin is dict:
+        key_hint, value_hint = get_args(hint)
+        return isinstance(value, dict) and all(
+            fits(k, key_hint) and fits(v, value_hint) for k, v in value.items()
+        )
     if hint is type(None):
         return value is None
     if hint is float:
@@ -51,8 +56,14 @@ def expected(hint: Any) -> str:
         options = [o for arg in get_args(hint) for o in get_args(arg) or (None,)]
         return "is not allowed; use one of " + ", ".join(map(repr, options))
     names = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
-    parts = [names.get(arg, "None") for arg in get_args(hint) or (hint,)]
+    parts = [_type_name(arg, names) for arg in get_args(hint) or (hint,)]
     return "has the wrong type; it must be " + " or ".join(parts)
+
+
+def _type_name(hint: Any, names: dict[Any, str]) -> str:
+    if get_origin(hint) is dict:  # pretrained's dict: backbone name -> weights
+        return "a dict of backbone names to weights files"
+    return names.get(hint, "None")
 
 
 def of_type(hint: Any) -> Check:
@@ -72,6 +83,14 @@ _UNIT = _when(lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
 _NON_NEGATIVE = _when(lambda v: v >= 0, "must not be negative")
 
 
+def _pretrained(value: Any) -> str | None:
+    if value == "" or value == {}:
+        return "must not be empty; give a weights file, True or False"
+    if isinstance(value, dict) and any(not name or v == "" for name, v in value.items()):
+        return "must map each backbone name to a weights file (or True)"
+    return None
+
+
 def _epochs(value: Any) -> str | None:
     return _GREATER_THAN_ZERO(value) or (None if value <= 1000 else "must be at most 1000")
 
@@ -81,6 +100,7 @@ FIELD_RANGES: dict[str, Check] = {
         ("image_size", "batch_size", "grad_accum", "lr", "step_size"), _GREATER_THAN_ZERO
     ),
     "epochs": _epochs,
+    "pretrained": _pretrained,
     "feature_views": _when(lambda v: 1 <= v <= 64, "must be from 1 to 64"),
     **dict.fromkeys(("dropout", "drop_path", "label_smoothing"), _UNIT),
     **dict.fromkeys(("weight_decay", "momentum", "warmup_epochs", "focal_gamma"), _NON_NEGATIVE),

@@ -21,6 +21,8 @@ Augment = Literal["none", "light", "medium", "heavy"]
 Finetune = Literal["full", "head", "probe_full"]
 Metric = Literal["f1_macro", "accuracy", "log_loss"]
 Tta = Literal["none", "hflip", "flip4", "d4"]
+# False, True (timm's hub weights), a weights file, or a weights file (or True) per backbone.
+Pretrained = bool | str | dict[str, bool | str]
 # Names of the test-time augmentation modes (`trainer.augment.tta_views` defines their views);
 # here so that the study side can check a setting without importing albumentations.
 TTA_MODES: tuple[str, ...] = get_args(Tta)
@@ -41,7 +43,8 @@ class TrainConfig:
     Attributes:
         backbone: Any `timm` model name.
         pretrained: False, True (timm's hub weights) or a path to a local weights file
-            (.safetensors or .pth).
+            (.safetensors or .pth); or a dict from backbone name to its weights file (or True),
+            so that a searched backbone finds its own weights offline (see `weights_for`).
         finetune: ``full`` trains every weight; ``head`` freezes the backbone and fits a linear
             head to convergence on its cached features (`trainer.features`); ``probe_full``
             fits that head first, then trains every weight starting from it (LP-FT).
@@ -87,7 +90,7 @@ class TrainConfig:
     """
 
     backbone: str = "test_resnet"
-    pretrained: bool | str = False
+    pretrained: Pretrained = False
     finetune: Finetune = "full"
     image_size: int = 32
     epochs: int = 8
@@ -140,3 +143,20 @@ class TrainConfig:
 def field_names() -> tuple[str, ...]:
     """Names of every `TrainConfig` field, in declaration order."""
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def weights_for(pretrained: Pretrained, backbone: str) -> bool | str:
+    """The pretrained weights of ``backbone``: its entry when ``pretrained`` is a dict.
+
+    Raises:
+        ConfigError: ``pretrained`` is a dict without an entry for ``backbone``.
+    """
+    if not isinstance(pretrained, dict):
+        return pretrained
+    if backbone not in pretrained:
+        raise ConfigError(
+            f"pretrained names no weights for backbone {backbone!r} (only for "
+            f"{', '.join(map(repr, pretrained))}); add {backbone!r}: '/path/file.safetensors' "
+            "to it, or use another backbone."
+        )
+    return pretrained[backbone]

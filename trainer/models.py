@@ -12,7 +12,9 @@ once, so that an export can rebuild the model later without the hub or the folde
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from safetensors import safe_open
 from timm.layers import freeze_batch_norm_2d
 from timm.models import _hub as timm_hub
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, weights_for
 from trainer.errors import ConfigError, UserError
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
@@ -34,6 +36,10 @@ WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 _OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
 # The hub files timm tries when a pretrained config names no file of its own.
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+# timm logs every tensor name a weights file lacks or has in excess (thousands of characters
+# for a file of another architecture); `_check_weights_fit` says what matters in one sentence.
+_TIMM_BUILDER_LOG = "timm.models._builder"
+_KEY_LISTS = ("Missing keys (", "Unexpected keys (")
 
 
 def build_model(
@@ -46,7 +52,8 @@ def build_model(
     so the backbone is a fixed feature extractor.
 
     Args:
-        config: Uses ``backbone``, ``pretrained``, ``dropout``, ``drop_path`` and ``finetune``.
+        config: Uses ``backbone``, ``pretrained`` (a dict's entry for the backbone),
+            ``dropout``, ``drop_path`` and ``finetune``.
         num_classes: Outputs of the classifier head.
         architecture: What `resolve_architecture` returned for ``config.backbone``; the model
             is then built from it, without reading the backbone's source.
@@ -60,8 +67,10 @@ def build_model(
     """
     if architecture is None:
         check_backbone(config.backbone)
+    config = config.replace(pretrained=weights_for(config.pretrained, config.backbone))
     weights = _weights_path(config.pretrained)
-    model = _create(config, num_classes, weights, architecture)
+    with _quiet_key_lists():
+        model = _create(config, num_classes, weights, architecture)
     if weights is not None:
         _check_weights_fit(model, weights, config.backbone)
     if config.finetune == "head":
@@ -161,6 +170,33 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
+
+
+def check_weights_file(backbone: str, weights: str) -> None:
+    """Fail now, not in a trial, when a weights file does not load into ``backbone``.
+
+    Builds the backbone from the file as a trial would (its head aside), so a missing,
+    corrupt or foreign file is reported in one sentence before a study exists.
+
+    Raises:
+        UserError: The file is missing, unreadable, or holds another architecture's tensors.
+    """
+    build_model(TrainConfig(backbone=backbone, pretrained=weights), num_classes=2)
+
+
+@contextmanager
+def _quiet_key_lists() -> Iterator[None]:
+    """Drop timm's lists of missing and unexpected tensor names while a model is built."""
+    logger = logging.getLogger(_TIMM_BUILDER_LOG)
+    logger.addFilter(_no_key_list)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_no_key_list)
+
+
+def _no_key_list(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_KEY_LISTS)
 
 
 def check_pretrained(backbone: str, pretrained: bool | str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -42,8 +43,12 @@ from search.study.storage import (
 )
 from search.study.warmstart import warm_start
 from trainer.cache import cached_images
-from trainer.models import check_backbone, check_pretrained
+from trainer.config import weights_for
+from trainer.models import check_backbone, check_pretrained, check_weights_file
 from trainer.sources import ImageTable, load_table
+
+# Trials that make a study worth keeping as it is (see `forget_unfinished`).
+_KEPT = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
@@ -60,7 +65,7 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     heartbeat = request.heartbeat or space.settings.heartbeat
     patience = space.settings.storage_patience
     storage = open_storage(place.storage_url, heartbeat=heartbeat, patience=patience)
-    space = resolve_holdout(storage, place, space, table)  # what the study stores
+    space = _as_stored(storage, place, space, table, console)  # what the study stores
     check_study(storage, place, space, table)  # before decoding: a mismatch fails in seconds
     check_folder(storage, place)  # before the study exists: another one's folder is refused
     check_images(space, table, progress=request.progress)
@@ -81,6 +86,56 @@ def prepare(request: RunRequest, console: Console | None = None) -> StudyRun:
     )
     target = request.trials or space.settings.trials
     return StudyRun(request, space, place, table, study, data, target, console)
+
+
+def _as_stored(
+    storage: BaseStorage,
+    place: StudyPlace,
+    space: Space,
+    table: ImageTable,
+    console: Console | None,
+) -> Space:
+    """``space`` with the holdout the study stores, after `forget_unfinished`."""
+    resolved = resolve_holdout(storage, place, space, table)
+    if not forget_unfinished(storage, place, resolved, table, console):
+        return resolved
+    return resolve_holdout(storage, place, space, table)  # a new study's default
+
+
+def forget_unfinished(
+    storage: BaseStorage,
+    place: StudyPlace,
+    space: Space,
+    table: ImageTable,
+    console: Console | None,
+) -> bool:
+    """Delete the stored study if it has another space or data and no trial finished or running.
+
+    A study's identity (space, data, folds) is stored when it is created, before its first
+    trial. A start that failed before any trial finished (a wrong setting found in trial 0)
+    would otherwise lock it, and the corrected command would be refused as "a different search
+    space"; the failed trials of that start are about a setup the user has since changed.
+
+    Returns:
+        Whether a study was deleted.
+    """
+    try:
+        study_id = storage.get_study_id_from_name(place.name)
+    except KeyError:
+        return False
+    stored = storage.get_study_user_attrs(study_id)
+    if keys.FINGERPRINT_ATTR not in stored or (
+        stored[keys.FINGERPRINT_ATTR] == space.fingerprint()
+        and stored.get(keys.CONTENT_ID_ATTR) == table.content_id
+    ):
+        return False
+    if storage.get_all_trials(study_id, deepcopy=False, states=_KEPT):
+        return False
+    optuna.delete_study(study_name=place.name, storage=storage)
+    (console or make_console()).print(
+        f"Study '{place.name}' had no finished trial: it starts again with this space and data."
+    )
+    return True
 
 
 def seed_trials(
@@ -160,10 +215,18 @@ def check_backbones(space: Space) -> None:
 
 
 def check_weights(space: Space) -> None:
-    """The pretrained weights the space can ask for can be had (fail before any training)."""
-    for backbone in _candidates(space, "backbone"):
-        for pretrained in _candidates(space, "pretrained"):
-            check_pretrained(backbone, pretrained)
+    """The pretrained weights the space can ask for can be had (fail before any training).
+
+    Each backbone is built once from each weights file it can get, as its trials would build
+    it: a missing, corrupt or foreign file is refused before the study exists.
+    """
+    searched = space.searched.get("pretrained")
+    options = searched.values_to_check() if searched else (space.literals.get("pretrained", False),)
+    pairs = {(b, weights_for(p, b)) for b in space.backbones() for p in options}
+    for backbone, weights in sorted(pairs, key=str):
+        check_pretrained(backbone, weights)
+        if isinstance(weights, str):
+            check_weights_file(backbone, weights)
 
 
 def check_images(space: Space, table: ImageTable, *, progress: bool) -> None:

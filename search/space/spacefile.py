@@ -76,8 +76,22 @@ class Space:
         return params
 
     def config(self, params: Mapping[str, Any]) -> TrainConfig:
-        """The `TrainConfig` of a trial: defaults, then `literals`, then ``params``."""
-        return TrainConfig(**{**self.literals, **params})
+        """The `TrainConfig` of a trial: defaults, then `literals`, then ``params``.
+
+        A ``pretrained`` dict becomes the trial's own backbone's entry, so that each trial's
+        stored config names the weights it trained from.
+        """
+        config = TrainConfig(**{**self.literals, **params})
+        if isinstance(config.pretrained, dict) and config.backbone in config.pretrained:
+            return config.replace(pretrained=config.pretrained[config.backbone])
+        return config  # a backbone without an entry is refused when the space is loaded
+
+    def backbones(self) -> tuple[str, ...]:
+        """Every backbone a trial can pick (one, unless ``backbone`` is searched)."""
+        searched = self.searched.get("backbone")
+        if searched is not None:
+            return tuple(searched.values_to_check())
+        return (self.literals.get("backbone", _DEFAULTS["backbone"]),)
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same study (JSON-safe); hardware and run control excluded.
@@ -227,12 +241,27 @@ def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Spac
     space = Space(
         path, StudySettings(**settings), fixed, _ordered(searched, where), frozenset(values)
     )
+    _check_weights_per_backbone(space, where.get("pretrained"))
     if space.settings.baselines:
         # Values that no trial samples: the literal ones and the defaults of the rest.
         known = {k: v for k, v in {**_DEFAULTS, **space.literals}.items() if k not in searched}
         checked = check_baselines(space.settings.baselines, searched, known, where["baselines"])
         space = replace(space, settings=replace(space.settings, baselines=checked))
     return space
+
+
+def _check_weights_per_backbone(space: Space, where: str | None) -> None:
+    """A ``pretrained`` dict has weights for every backbone the space can pick."""
+    pretrained = space.fixed.get("pretrained")
+    if not isinstance(pretrained, dict):
+        return
+    missing = [name for name in space.backbones() if name not in pretrained]
+    if missing:
+        named = ", ".join(map(repr, missing))
+        raise SpaceError(
+            f"{where}: pretrained names no weights for backbone {named}; add "
+            f"{missing[0]!r}: '/path/file.safetensors' to it, or take {named} out of backbone."
+        )
 
 
 def _did_you_mean(name: str) -> str:
