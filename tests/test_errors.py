@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 import pytest
 import timm
+import torch
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -452,6 +453,11 @@ def test_e70_pretrained_weights_of_another_architecture(capsys):
 def test_e71_pretrained_dict_without_a_backbone_of_the_space(capsys):
     weights = "pretrained={'test_resnet': 'weights/resnet.safetensors'}"
     untouched(capsys, "E71", ["run", "tiny.py", weights, "--study", "fresh"])
+
+
+def test_e72_gpus_that_this_machine_does_not_have(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # the same on a GPU machine
+    untouched(capsys, "E72", ["run", "tiny.py", "--gpus", "7"])
 
 
 # --- export and predict ------------------------------------------------------------------------

@@ -57,6 +57,23 @@ def plan_devices(workers: int, gpus: Sequence[str] | None) -> list[dict[str, str
     return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}] * workers
 
 
+def check_gpus(gpus: Sequence[str] | None) -> None:
+    """Every GPU index given with ``--gpus`` exists here: checked before any study is opened.
+
+    Raises:
+        UserError: An index this machine does not have (naming it and the GPUs there are).
+    """
+    count = torch.cuda.device_count()  # asks the driver without initialising CUDA
+    missing = [gpu for gpu in gpus or () if int(gpu) >= count]
+    if not missing:
+        return
+    there = f"{count} GPU(s), numbered 0 to {count - 1}" if count else "no GPU that CUDA can use"
+    raise UserError(
+        f"--gpus {','.join(gpus or ())} names GPU {', '.join(missing)}, but this machine has "
+        f"{there}; pass GPU numbers that exist, or leave --gpus out."
+    )
+
+
 def pin_this_process(gpus: Sequence[str] | None) -> None:
     """A run in this process sees only the GPU given with ``--gpus``, as a worker would.
 
