@@ -109,6 +109,11 @@ def convert_file(source: Path, backbone: str, *, directory: Path | None = None) 
     Raises:
         UserError: ``source`` cannot be read as a state dict, or does not match ``backbone``.
     """
+    if not source.is_file():
+        raise UserError(
+            f"Weights file {str(source)!r} does not exist; pass the path of a .pth or "
+            ".safetensors file holding a state dict."
+        )
     folder = Path(directory) if directory is not None else weights_dir()
     template = timm.create_model(backbone, pretrained=False).state_dict()
     target = folder / f"{backbone}-{_key(source, template)}.safetensors"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 # Before albumentations is imported anywhere: it would ask PyPI for updates on every start.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from search.cli import cache, dashboard, data, export, predict, run, status, ui
+from search.cli import cache, dashboard, data, export, predict, run, status, ui, weights
 from search.cli.args import ArgumentsError, Parser, with_fix
 from trainer.errors import UserError
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_parser(verbs)
     dashboard.add_parser(verbs)
     cache.add_parser(verbs)
+    weights.add_parser(verbs)
     return parser
 
 

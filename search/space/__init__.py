@@ -11,5 +11,14 @@ from search.space.distributions import (
     loguniform,
     uniform,
 )
+from search.space.weights import installed_weights
 
-__all__ = ["Searched", "SpaceError", "choice", "intrange", "loguniform", "uniform"]
+__all__ = [
+    "Searched",
+    "SpaceError",
+    "choice",
+    "installed_weights",
+    "intrange",
+    "loguniform",
+    "uniform",
+]
