@@ -76,8 +76,10 @@ def decode_image(path: Path, size: int) -> np.ndarray:
             if img.format == "JPEG":
                 # Lets libjpeg decode a 4000px photo at 1/2..1/8 scale: much less work.
                 img.draft("RGB", (size, size))
-            bits = _significant_bits(path) if img.format == "PNG" else None
-            if _is_deep_colour(img):
+            deep = _is_deep_colour(img)
+            wide = deep or img.mode in _WIDE_MODES
+            bits = _significant_bits(path) if wide and img.format == "PNG" else None
+            if deep:
                 return _square(_deep_colour(path, img, bits), size)
             return _square(to_rgb(ImageOps.exif_transpose(img), bits=bits), size)
     except DECODE_ERRORS as exc:
