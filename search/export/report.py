@@ -224,7 +224,7 @@ class ScoresTable:
 
 def _boxed_width(header: Sequence[str], body: Sequence[Sequence[str]]) -> int:
     """Characters a boxed Rich table of these cells needs: cells, padding and rules."""
-    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(row[i]) for row in body)]) for i, h in enumerate(header)]
     return sum(widths) + 3 * len(widths) + 1
 
 
@@ -239,7 +239,7 @@ def _compact_table(scores: ExportScores, width: int, title: str) -> Table:
         shown = (row.plain, row.tta) if viewed else (row.plain,)
         holdout = [_cell(s.get(m) if s else None) for s in shown] if scores.holdout_size else []
         rows.append([_cell(row.cv.get(m)), *holdout])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     room = max(width - sum(widths) - 2 * len(widths), 12)
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     table.add_column("model", no_wrap=True)

@@ -137,7 +137,7 @@ class TrialsTable:
 
     def table(self, width: int) -> Table:
         """The table for a console ``width`` characters wide."""
-        widths = [max(len(h), *(len(r[i]) for r in self.rows)) for i, h in enumerate(_HEADERS)]
+        widths = [max([len(h), *(len(r[i]) for r in self.rows)]) for i, h in enumerate(_HEADERS)]
         room = width - sum(widths) - _GAP * len(widths)
         table = Table(
             title=self.title,

@@ -115,3 +115,9 @@ def test_trials_csv_keeps_a_pruned_score_out_of_the_value_column():
     assert rows[0]["cv_optimistic_mean"] == "0.92" and rows[0]["pruned_score"] == ""
     assert rows[1]["cv_optimistic_mean"] == "" and rows[1]["pruned_score"] == "0.7123"
     assert rows[1]["pruned_at"] == "fold 0, epoch 2"
+
+
+def test_a_study_without_trials_prints_an_empty_table():
+    lines = _text(optuna.create_study(), width=80)
+
+    assert any("CV (optimistic)" in line for line in lines) and not _rows(lines)
