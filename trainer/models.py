@@ -12,9 +12,7 @@ once, so that an export can rebuild the model later without the hub or the folde
 from __future__ import annotations
 
 import difflib
-import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from timm.models import _hub as timm_hub
 
 from trainer.config import TrainConfig, weights_for
 from trainer.errors import ConfigError, UserError
+from trainer.weights import quiet_key_lists
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 """File extensions accepted for ``pretrained=<path>`` (safetensors, or a torch state dict)."""
@@ -36,10 +35,6 @@ WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 _OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
 # The hub files timm tries when a pretrained config names no file of its own.
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-# timm logs every tensor name a weights file lacks or has in excess (thousands of characters
-# for a file of another architecture); `_check_weights_fit` says what matters in one sentence.
-_TIMM_BUILDER_LOG = "timm.models._builder"
-_KEY_LISTS = ("Missing keys (", "Unexpected keys (")
 
 
 def build_model(
@@ -69,7 +64,7 @@ def build_model(
         check_backbone(config.backbone)
     config = config.replace(pretrained=weights_for(config.pretrained, config.backbone))
     weights = _weights_path(config.pretrained)
-    with _quiet_key_lists():
+    with quiet_key_lists():  # `_check_weights_fit` says what matters in one sentence
         model = _create(config, num_classes, weights, architecture)
     if weights is not None:
         _check_weights_fit(model, weights, config.backbone)
@@ -182,21 +177,6 @@ def check_weights_file(backbone: str, weights: str) -> None:
         UserError: The file is missing, unreadable, or holds another architecture's tensors.
     """
     build_model(TrainConfig(backbone=backbone, pretrained=weights), num_classes=2)
-
-
-@contextmanager
-def _quiet_key_lists() -> Iterator[None]:
-    """Drop timm's lists of missing and unexpected tensor names while a model is built."""
-    logger = logging.getLogger(_TIMM_BUILDER_LOG)
-    logger.addFilter(_no_key_list)
-    try:
-        yield
-    finally:
-        logger.removeFilter(_no_key_list)
-
-
-def _no_key_list(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(_KEY_LISTS)
 
 
 def check_pretrained(backbone: str, pretrained: bool | str) -> None:

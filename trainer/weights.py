@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,11 @@ from safetensors.torch import load_file, save_file
 
 from trainer.cache import cache_dir
 from trainer.errors import UserError
+
+# timm logs every tensor name a weights file lacks or has in excess: thousands of characters
+# for a file of another architecture, which `trainer.models` reports in one sentence instead.
+_TIMM_BUILDER_LOG = "timm.models._builder"
+_KEY_LISTS = ("Missing keys (", "Unexpected keys (")
 
 WEIGHTS_FOLDER = "weights"
 """The subfolder of the cache folder (`trainer.cache.cache_dir`) that holds converted weights."""
@@ -186,6 +193,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             "save one with torch.save(model.state_dict(), path)."
         )
     return dict(state)
+
+
+@contextmanager
+def quiet_key_lists() -> Iterator[None]:
+    """Drop timm's lists of missing and unexpected tensor names while a model is built."""
+    logger = logging.getLogger(_TIMM_BUILDER_LOG)
+    logger.addFilter(_no_key_list)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_no_key_list)
+
+
+def _no_key_list(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_KEY_LISTS)
 
 
 def _key(source: Path, template: Mapping[str, torch.Tensor]) -> str:
