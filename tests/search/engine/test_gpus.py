@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from search.cli.main import main
-from tests.search.engine.test_pretrained import SPACE, error_lines, study_exists
+from tests.support.runs import DIGITS_SPACE, error_lines, study_exists
 
 
 @pytest.fixture
 def space(tmp_path) -> Path:
     path = tmp_path / "tiny.py"
-    path.write_text(SPACE)
+    path.write_text(DIGITS_SPACE)
     return path
 
 
@@ -25,7 +25,7 @@ def test_a_gpu_this_machine_lacks_is_refused_before_the_study_exists(space, monk
     (line,) = error_lines(capsys)
     there = f"{count} GPU(s)" if count else "no GPU that CUDA can use"
     assert line.startswith("hpo: error: --gpus 7 names GPU 7, but this machine has " + there)
-    assert not study_exists()
+    assert not study_exists("tiny")
 
 
 def test_the_gpu_check_names_the_gpus_there_are(space, monkeypatch, capsys):

@@ -15,29 +15,14 @@ from safetensors.torch import save_file
 
 from search.cli.main import main
 from search.engine import objective as objective_module
+from tests.support.runs import DIGITS_SPACE, error_lines, study_exists
 from trainer.errors import ConfigError
-
-SPACE = """\
-from search.space import loguniform
-
-data = "builtin:digits"
-image_size = 32
-folds = 2
-epochs = 1
-tracking = "none"
-holdout = 0
-augment = "none"
-hflip = False
-batch_size = 64
-backbone = "test_resnet"
-lr = loguniform(1e-3, 5e-3)
-"""
 
 
 @pytest.fixture
 def space(tmp_path) -> Path:
     path = tmp_path / "tiny.py"
-    path.write_text(SPACE)
+    path.write_text(DIGITS_SPACE)
     return path
 
 
@@ -48,17 +33,6 @@ def weights(tmp_path: Path, backbone: str) -> str:
     return str(path)
 
 
-def study_exists(name: str = "tiny") -> bool:
-    storage = Path("studies") / name / "study.db"
-    return storage.exists() and name in optuna.get_all_study_names(f"sqlite:///{storage}")
-
-
-def error_lines(capsys) -> list[str]:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return [line for line in err.splitlines() if line and not line.startswith("Caching")]
-
-
 def test_weights_of_another_architecture_are_refused_before_the_study_exists(
     space, tmp_path, capsys
 ):
@@ -67,7 +41,7 @@ def test_weights_of_another_architecture_are_refused_before_the_study_exists(
     (line,) = error_lines(capsys)  # one line: no list of thousands of tensor names
     assert line.startswith(f"hpo: error: Pretrained weights file '{vit}' does not fit backbone")
     assert "Unexpected keys" not in line and len(line) < 400
-    assert not study_exists()
+    assert not study_exists("tiny")
     assert main(["run", str(space), "--trials", "1"]) == 0  # the corrected command works
 
 
@@ -77,7 +51,7 @@ def test_a_corrupt_weights_file_is_refused_before_the_study_exists(space, tmp_pa
     assert main(["run", str(space), f"pretrained={corrupt}"]) == 2
     (line,) = error_lines(capsys)
     assert "could not be loaded into backbone 'test_resnet'" in line
-    assert not study_exists()
+    assert not study_exists("tiny")
 
 
 def test_a_start_that_failed_in_its_first_trial_does_not_lock_the_study(space, monkeypatch, capsys):
@@ -110,7 +84,9 @@ def test_a_study_with_a_finished_trial_keeps_its_identity(space, capsys):
 
 def test_a_pretrained_dict_gives_each_searched_backbone_its_own_file(space, tmp_path):
     files = {name: weights(tmp_path, name) for name in ("test_resnet", "test_vit")}
-    text = SPACE.replace('backbone = "test_resnet"', 'backbone = choice("test_resnet", "test_vit")')
+    text = DIGITS_SPACE.replace(
+        'backbone = "test_resnet"', 'backbone = choice("test_resnet", "test_vit")'
+    )
     text = text.replace("import loguniform", "import choice, loguniform")
     text += f"pretrained = {files!r}\n"
     text += 'baselines = [{"backbone": "test_resnet"}, {"backbone": "test_vit"}]\n'
@@ -122,11 +98,13 @@ def test_a_pretrained_dict_gives_each_searched_backbone_its_own_file(space, tmp_
 
 
 def test_a_searched_backbone_without_weights_is_refused_naming_it(space, tmp_path, capsys):
-    text = SPACE.replace('backbone = "test_resnet"', 'backbone = choice("test_resnet", "test_vit")')
+    text = DIGITS_SPACE.replace(
+        'backbone = "test_resnet"', 'backbone = choice("test_resnet", "test_vit")'
+    )
     text = text.replace("import loguniform", "import choice, loguniform")
     text += f"pretrained = {{'test_resnet': {weights(tmp_path, 'test_resnet')!r}}}\n"
     space.write_text(text)
     assert main(["run", str(space)]) == 2
     (line,) = error_lines(capsys)
     assert f"{space}:14: pretrained names no weights for backbone 'test_vit';" in line
-    assert not study_exists()
+    assert not study_exists("tiny")
