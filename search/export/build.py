@@ -114,7 +114,7 @@ def build_export(
     try:
         manifest = _write_members(source, candidates, chosen.counts, staging, tta, mode)
         scores = _score(source, candidates, chosen, cv, mode, tta)
-        check = _write_onnx(staging, source.place.name, metric)
+        check = _write_onnx(staging, source, metric)
         _write_best_space(staging / "best_space.py", source, candidates[0], tta)
         drawn = study_figures(source.study, source.study.get_trials(deepcopy=False), metric=metric)
         plots = [f"{FIGURES}/{name}" for name in save_figures(drawn, staging / FIGURES)]
@@ -299,10 +299,17 @@ def _holdout(source: StudySource, sizes: tuple[int, ...]) -> Holdout | None:
     return Holdout(images, source.labels()[indices])
 
 
-def _write_onnx(staging: Path, study: str, metric: str) -> OnnxCheck:
-    """``ensemble.onnx`` of the export being written, checked against its PyTorch ensemble."""
+def _write_onnx(staging: Path, source: StudySource, metric: str) -> OnnxCheck:
+    """``ensemble.onnx`` of the export being written, checked against its PyTorch ensemble.
+
+    The check runs on the holdout's images at every member size, as training decoded them
+    (random images when the study has no holdout).
+    """
     ensemble = Ensemble.load(staging, device="cpu")
-    return write_onnx(staging, ensemble, metadata={"study": study, "metric": metric})
+    holdout = _holdout(source, ensemble.sizes)
+    metadata = {"study": source.place.name, "metric": metric}
+    images = None if holdout is None else holdout.images
+    return write_onnx(staging, ensemble, metadata=metadata, images=images)
 
 
 def previous_export(target: Path) -> Path:

@@ -58,6 +58,7 @@ def test_export_folder_has_manifest_weights_space_and_report(digits):
     assert f"| best fold model on the holdout (trial{best.number}" in report
     assert "f1_macro CV (optimistic)" in report and "f1_macro +hflip" in report
     assert (digits.top1 / "ensemble.onnx").is_file() and "onnxruntime checked" in report
+    assert "on 64 holdout images at each member size" in report  # real images, not random
     # The study's plots are in the export, linked from the report.
     linked = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
     assert "## The search" in report and "figures/optimization_history.png" in linked

@@ -147,3 +147,14 @@ def test_members_of_other_sizes_see_the_same_pixels_from_files_as_in_pytorch(tmp
     expected, _ = ensemble.predict_files(files)
 
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_the_export_check_runs_on_real_images_when_it_is_given_them(tmp_path):
+    ensemble = _export(tmp_path, [VIT, TINY], [0.5, 0.5])
+    real = asymmetric_images(70)
+    images = {16: np.stack([resize_array(image, 16) for image in real]), 32: real}
+
+    check = write_onnx(tmp_path, ensemble, metadata={}, images=images)
+
+    assert check.images == 64 and check.largest_difference <= 1e-4  # at most 64 are run
+    assert "on 64 holdout images at each member size" in check.sentence()
