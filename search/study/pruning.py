@@ -24,11 +24,10 @@ Three rules decide (see `build_pruner`):
   ``z * s / sqrt(n)``, with ``p`` spent over all its looks: ``z`` at ``1 - p / looks`` for the
   looks after 2 .. folds - 1 folds (Bonferroni), so that a trial as good as the best is
   pruned with probability at most ``p`` in all, not ``p`` at each look. The best trial is
-  the best of many: part of its lead is luck, the more so the more trials are alike. Its
-  mean is shrunk toward the mean of the complete trials by how much of their spread is
-  noise (`winners_luck`, an empirical Bayes estimate); with its luck left in, trials of
-  equal quality were pruned 45% of the time at p = 0.1 over three looks (issue 22's
-  simulation, tests/search/study/test_pruning_promise.py).
+  the best of many: part of its lead is luck, the more so the more trials are alike, and
+  its lead over the mean of the trials alike (`winners_luck`) is taken off the gap;
+  with its luck left in, trials of equal quality were pruned 48% of the time at p = 0.1 over
+  three looks (issue 22's simulation, tests/search/study/test_pruning_promise.py).
   ``s``, the noise of one paired fold difference, is measured where it can be: among the
   best complete trials, pair by pair (`pair_noise`); it is never less than the best trial's
   fold standard deviation or the spread of this trial's own differences (two folds that
@@ -232,27 +231,29 @@ def pair_noise_of(done: Sequence[FrozenTrial], direction: StudyDirection, top: i
     return math.sqrt(statistics.fmean(variances)) if variances else 0.0
 
 
-def winners_luck(study: optuna.Study, noise: float) -> float:
+def winners_luck(study: optuna.Study, noise: float, within: float = 2.0) -> float:
     """How much of the best complete trial's mean is luck, sign-adjusted (>= 0).
 
-    The best of many trials is the one whose folds happened to go well, and its mean overstates
-    its quality: with 20 alike trials, by about 1.9 standard errors. An empirical Bayes
-    estimate shrinks it toward the mean ``m`` of the complete trials by the share of their
-    spread that noise explains: the luck is ``(best - m) * min(1, v_noise / v)``, with ``v`` the
-    variance of the trials' means and ``v_noise = noise**2 / (2 k)`` that of one trial's mean
-    over ``k`` folds (``noise`` is that of a paired fold difference, `pair_noise`). Trials
-    that differ much (``v`` far above the noise) leave the best almost as it is.
+    The best of several alike trials is the one whose folds happened to go well, and its mean
+    overstates its quality (with 20 alike trials, by about 1.9 standard errors). The trials
+    alike are the complete ones whose means lie within ``within`` standard errors of a
+    difference of two means (``noise / sqrt(k)`` over ``k`` folds; ``noise`` is that of a
+    paired fold difference, `pair_noise`) of the best; the luck is the best's lead over their
+    mean, the best compared with the mean of the top few. Trials far below could not have
+    won by luck and are left out: shrinking the best toward the mean of every complete trial
+    (empirical Bayes with one normal prior) took out almost none of its luck in studies where
+    most trials are far worse and a few alike lead.
     """
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = best_complete(study)
     folds = len(_scores(best)) if best else 0
-    if best is None or len(done) < 3 or folds < 2 or noise <= 0:
+    if best is None or folds < 2 or noise <= 0:
         return 0.0
     sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-    means = [sign * float(t.value) for t in done]
-    spread = statistics.variance(means)
-    share = min(1.0, noise**2 / (2 * folds) / spread) if spread > 0 else 1.0
-    return max(sign * float(best.value) - statistics.fmean(means), 0.0) * share
+    top = sign * float(best.value)
+    near = top - within * noise / math.sqrt(folds)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    alike = [sign * float(t.value) for t in done if sign * float(t.value) >= near]
+    return top - statistics.fmean(alike)
 
 
 def compare_with_best(study: optuna.Study, scores: Sequence[float]) -> Comparison | None:

@@ -53,7 +53,9 @@ def first_look_pruned(study: optuna.Study, pruner, folds: np.ndarray) -> int | N
     return None
 
 
-def simulate(draws: int, *, seed: int, spread: float = 0.0, lead: float = 0.0) -> dict[str, float]:
+def simulate(
+    draws: int, *, seed: int, spread: float = 0.0, lead: float = 0.0, far_below: int = 0
+) -> dict[str, float]:
     """Shares of candidates pruned after 2 folds and at any fold, over ``draws`` studies.
 
     Args:
@@ -61,6 +63,7 @@ def simulate(draws: int, *, seed: int, spread: float = 0.0, lead: float = 0.0) -
         seed: The generator's seed.
         spread: Standard deviation of the 20 complete trials' true qualities.
         lead: The candidate's true quality above the best of the 20 (0: equal to it).
+        far_below: How many of the 20 are 0.3 worse than the rest (hopeless configurations).
     """
     rng = np.random.default_rng(seed)
     pruner = build_pruner("median", rungs=RUNGS, min_peers=3, p=P)
@@ -69,6 +72,7 @@ def simulate(draws: int, *, seed: int, spread: float = 0.0, lead: float = 0.0) -
         study = optuna.create_study(direction="maximize", pruner=pruner)
         fold_effect = rng.normal(0.0, FOLD_EFFECT, RUNGS.folds)
         quality = 0.8 + rng.normal(0.0, spread, TRIALS) if spread else np.full(TRIALS, 0.8)
+        quality[:far_below] -= 0.3
         for q in quality:
             complete(study, q + fold_effect + rng.normal(0.0, NOISE, RUNGS.folds))
         mine = quality.max() + lead + fold_effect + rng.normal(0.0, NOISE, RUNGS.folds)
@@ -101,3 +105,10 @@ def test_a_candidate_equal_to_the_true_best_survives_among_unequal_trials():
 def test_a_clearly_worse_candidate_is_still_pruned_most_of_the_time():
     rates = simulate(500, seed=9, lead=-0.02)  # 2 noise sds below the rest, on every fold
     assert rates["after 2 folds"] >= 0.4 and rates["any fold"] >= 0.8, rates
+
+
+def test_the_luck_of_the_best_of_a_few_alike_trials_is_allowed_for_among_hopeless_ones():
+    # A real study: most complete trials far worse, four alike at the top. Shrinking the best
+    # toward the mean of every complete trial took out almost none of its luck here.
+    rates = simulate(1000, seed=3, far_below=16)
+    assert rates["any fold"] <= P, rates
