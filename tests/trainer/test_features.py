@@ -292,3 +292,26 @@ def test_cached_head_on_real_imagenet_weights_matches_the_uncached_head(tmp_path
     noise = max(np.std(np.subtract(with_cache, without)), 0.05)
     assert np.mean(with_cache) >= np.mean(without) - 2 * noise, (with_cache, without)
     assert np.mean(with_cache) >= 0.8, with_cache  # what only real features give on 24 crops
+
+
+def test_the_probe_converges_to_scikit_learns_logistic_regression():
+    """With weight_decay = 1 / n the head's objective is LogisticRegression(C=1)'s."""
+    from sklearn.linear_model import LogisticRegression
+
+    from trainer.probe import fit_linear_head
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 240)
+    features = (rng.normal(size=(4, 64))[labels] + rng.normal(size=(240, 64))).astype(np.float32)
+    reference = LogisticRegression(max_iter=10_000, tol=1e-10).fit(features, labels)
+    *_, head = fit_linear_head(
+        torch.from_numpy(features),
+        torch.from_numpy(labels),
+        torch.nn.CrossEntropyLoss(),
+        num_classes=4,
+        weight_decay=1 / 240,
+    )
+    assert head.converged
+    probs = torch.softmax(torch.from_numpy(features) @ head.weight.T + head.bias, dim=1)
+    np.testing.assert_allclose(probs.numpy(), reference.predict_proba(features), atol=5e-3)
+    np.testing.assert_allclose(head.weight.numpy(), reference.coef_, atol=5e-3)
