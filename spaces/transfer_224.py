@@ -35,7 +35,7 @@ warmup_epochs = uniform(0.0, 2.0, when=_TRAINS)
 scheduler = "cosine"
 dropout = uniform(0.0, 0.4, when=_TRAINS)
 drop_path = uniform(0.0, 0.2, when=_TRAINS)
-feature_views = 4  # augmented views per image whose features head trials train on
+feature_views = 2  # augmented views per image whose features head trials train on
 augment = choice("light", "medium", "heavy")
 loss = choice("ce", "focal", "label_smoothing")
 focal_gamma = uniform(1.0, 3.0, when={"loss": "focal"})
