@@ -107,7 +107,7 @@ class Forgiving(BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         from search.keys import FOLD_SCORES
-        from search.study.pruning import best_complete
+        from search.study.paired import best_complete
 
         best = best_complete(study)
         mine = trial.user_attrs.get(FOLD_SCORES, [])

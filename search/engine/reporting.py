@@ -15,9 +15,9 @@ from typing import Any
 import optuna
 from optuna.study import StudyDirection
 
+from search.study.paired import compare_with_best
 from search.study.pruning import (
     Rungs,
-    compare_with_best,
     explain_fold_prune,
     explain_rung_prune,
     peer_threshold,

@@ -3,7 +3,7 @@
 The search ends when N finished trials in a row (complete or pruned, in trial order; trials
 copied by ``--warm-start`` set the best to beat but do not count) brought no
 improvement larger than the noise of a trial's mean score: gains smaller than chance are not
-worth more compute. The noise is the fold rule's (`search.study.pruning.pair_noise`): how much
+worth more compute. The noise is the fold rule's (`search.study.paired.pair_noise`): how much
 two trials' scores on the same fold differ by chance, measured among the best complete trials
 finished by then, over ``sqrt(folds)`` for a mean over the folds. The best trial's fold
 standard deviation, used before, mostly measures how much harder one fold is than another,
@@ -22,7 +22,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.keys import FOLD_SCORES, SCORE_STD, SURPLUS, WARM_START_FROM
-from search.study.pruning import pair_noise_of
+from search.study.paired import pair_noise_of
 
 
 def _gain(study: optuna.Study, trial: FrozenTrial, best: FrozenTrial) -> float:

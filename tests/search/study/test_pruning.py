@@ -11,10 +11,10 @@ from optuna.trial import TrialState, create_trial
 
 from search.keys import FOLD_SCORES, SCORE_STD
 from search.space.settings import SETTINGS
+from search.study.paired import compare_with_best
 from search.study.pruning import (
     Rungs,
     build_pruner,
-    compare_with_best,
     explain_fold_prune,
     explain_rung_prune,
 )
