@@ -27,7 +27,7 @@ from trainer.loader import EpochBatches, TrainLoader, eval_batches, stats_tensor
 from trainer.losses import build_loss
 from trainer.models import build_model, normalization, trainable_parameters
 from trainer.optim import build_optimizer, build_schedule
-from trainer.probe import HeadRound, fit_linear_head
+from trainer.probe import HeadRound, fit_linear_head, head_probs, load_head
 from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
 
 # Images per evaluation batch unless the config says otherwise (no gradients are kept, so it can
@@ -157,7 +157,7 @@ def _fit_converged_head(
     history: list[EpochMetrics] = []
     tick, stop_reason = time.perf_counter(), None
     for index, head in enumerate(_probe_rounds(config, data, split, features, fold, runtime)):
-        probs = _head_probs(head, val)
+        probs = head_probs(head, val)
         _check_finite(probs, index)
         row = _measure(config, split, data, index, head.train_loss, probs, 0.0, tick)
         history.append(row)
@@ -165,7 +165,7 @@ def _fit_converged_head(
         tick = time.perf_counter()
         if stop_reason:
             break
-    _load_head(fold.model, head)
+    load_head(fold.model, head)
     return history, (row.score, index, _cpu_copy(fold.model), probs), stop_reason
 
 
@@ -186,7 +186,7 @@ def _start_from_probe(
         )
     features = _features(config, data, runtime, fold, store=store)
     *_, head = _probe_rounds(config, data, split, features, fold, runtime)
-    _load_head(fold.model, head)
+    load_head(fold.model, head)
 
 
 def _features(
@@ -212,18 +212,6 @@ def _probe_rounds(
     return fit_linear_head(
         x, y, fold.criterion, num_classes=len(data.classes), weight_decay=config.weight_decay
     )
-
-
-def _head_probs(head: HeadRound, features: torch.Tensor) -> np.ndarray:
-    logits = torch.nn.functional.linear(features, head.weight, head.bias)
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
-
-
-@torch.no_grad()
-def _load_head(model: torch.nn.Module, head: HeadRound) -> None:
-    classifier = linear_head(model)
-    classifier.weight.copy_(head.weight)
-    classifier.bias.copy_(head.bias)
 
 
 def _prepare(config: TrainConfig, data: CachedImages, split: Split, runtime: Runtime) -> _Fold:

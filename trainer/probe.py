@@ -12,8 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from trainer.features import linear_head
 
 ITERATIONS_PER_ROUND = 50
 """L-BFGS iterations between two looks at the head (one history row each)."""
@@ -124,3 +127,17 @@ def _threads_for(features: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def head_probs(head: HeadRound, features: torch.Tensor) -> np.ndarray:
+    """Class probabilities of ``features`` under the fitted head ``head``."""
+    logits = torch.nn.functional.linear(features, head.weight, head.bias)
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+@torch.no_grad()
+def load_head(model: torch.nn.Module, head: HeadRound) -> None:
+    """Copy the fitted head into ``model``'s linear classifier."""
+    classifier = linear_head(model)
+    classifier.weight.copy_(head.weight)
+    classifier.bias.copy_(head.bias)
