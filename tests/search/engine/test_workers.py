@@ -91,11 +91,18 @@ def test_workers_stopped_by_the_space_files_timeout_still_export(space, capsys):
 
 @pytest.fixture
 def runs(monkeypatch):
-    """Where `hpo run` would go: (in this process or in workers, GPUs visible, GPU list)."""
+    """Where `hpo run` would go: (in this process or in workers, GPUs visible, GPU list).
+
+    The machine is made to report 4 GPUs (without initialising CUDA), so the GPU numbers the
+    tests route exist here.
+    """
+    import torch
+
     from search.engine import run as run_module
     from search.engine import workers
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # restored afterwards
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     calls = []
 
     def run_here(request):
