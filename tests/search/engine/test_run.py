@@ -147,9 +147,14 @@ def test_status_reads_a_study_while_another_process_runs_it(space, capsys):
 
 
 def _finished_count() -> int:
+    from sqlalchemy.exc import OperationalError
+
     try:
         return len(finished(load()))
-    except KeyError:  # the study is not created yet
+    # KeyError: the study is not created yet. OperationalError: optuna.load_study creates the
+    # schema if it is missing, and so did the other process a moment ago ("table studies
+    # already exists"): this reader came while the file was being set up.
+    except (KeyError, OperationalError):
         return 0
 
 
