@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hpo", description="Hyperparameter search and cross-validation for image classifiers."
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb in (run, status, data):
-        verb.add_parser(verbs)
+    # A worker forked from `hpo run` runs its `hpo` command line with this very function.
+    run.add_parser(verbs, serve=main)
+    status.add_parser(verbs)
+    data.add_parser(verbs)
     export.add_parser(verbs)
     predict.add_parser(verbs)
     ui.add_parser(verbs)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from search.cli.args import positive_float, positive_int
 
+if TYPE_CHECKING:
+    from search.engine.spares import Serve
 
-def add_parser(verbs: argparse._SubParsersAction) -> None:
-    """Add the ``run`` verb."""
+
+def add_parser(verbs: argparse._SubParsersAction, *, serve: Serve) -> None:
+    """Add the ``run`` verb; ``serve`` is what a worker forked from `hpo run` runs."""
     run = verbs.add_parser("run", help="run (or resume) a study from a space file")
     run.add_argument("space", help="the space file, e.g. spaces/baseline.py")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="override a setting")
@@ -27,7 +31,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--gpus", type=_gpu_list, help="GPUs for the workers, e.g. 0,1,2,3")
     run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     run.add_argument("--no-export", action="store_true", help="skip the export at the end")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, serve=serve)
 
 
 def _gpu_list(text: str) -> list[str]:
@@ -65,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if request.workers > 1:
         from search.engine.workers import run_workers
 
-        outcome = run_workers(request, gpus=args.gpus, serve=_serve)
+        outcome = run_workers(request, gpus=args.gpus, serve=args.serve)
     else:
         from search.engine.workers import pin_this_process
 
@@ -74,10 +78,3 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome == "timeout":
         make_console().print("Stopped at --timeout; run the same command again to go on.")
     return 0
-
-
-def _serve(argv: list[str]) -> int:
-    """`hpo` with ``argv``, in this process: what a worker forked from `hpo run` runs."""
-    from search.cli.main import main
-
-    return main(argv)

@@ -106,14 +106,13 @@ def test_a_forked_process_reports_its_status_like_popen():
 # as a new process would not run this wrapper.
 PARENT = """\
 import os, sys
-from search.cli import run
-real = run._serve
+from search.cli import main as cli
+real = cli.main
 def serve(argv):
     print("forked worker of", os.getppid(), flush=True)
     return real(argv)
-run._serve = serve
-from search.cli.main import main
-sys.exit(main(sys.argv[1:]))
+cli.main = serve  # what the parser hands to the forked workers
+sys.exit(real(sys.argv[1:]))
 """
 
 
