@@ -299,7 +299,8 @@ def finish(current: StudyRun, outcome: str) -> None:
 
 
 def _export(current: StudyRun) -> None:
-    from search.export.study_export import NothingToExport, export_study
+    from search.export.build import NothingToExport
+    from search.export.study_export import export_study
 
     try:
         export_study(current)

@@ -2,7 +2,7 @@
 
 See `search.export.study_export` for what an export holds and the entry points that use this
 module (with `search.export.source` for what it reads); this one imports the whole trainer, so
-the `hpo` command imports it only when it exports.
+the `hpo` command imports it (through those entry points) only when it exports.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from search.export.scoring import (
 )
 from search.export.selection import Selection, select
 from search.export.source import StudySource
-from search.export.study_export import NothingToExport
 from search.space.settings import ENSEMBLES
 from search.space.spacefile import load_space
 from search.study.plots import save_figures, study_figures
@@ -41,11 +40,15 @@ from trainer.augment import tta_views
 from trainer.config import TrainConfig
 from trainer.device import pick_device
 from trainer.ensemble import Ensemble, Manifest, MemberSpec, file_sha256, load_member
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, UserError
 from trainer.models import build_model, normalization, resolve_architecture
 
 MEMBERS = "members"
 FIGURES = "figures"  # the study's plots, linked from report.md
+
+
+class NothingToExport(UserError):
+    """The study has no complete trial (or none with checkpoints) to build an ensemble from."""
 
 
 @dataclass(frozen=True)

@@ -17,25 +17,22 @@ models (``"best"``). The out-of-fold scores are shown as "CV (optimistic)": epoc
 weights were chosen on them. The headline is the score on the holdout split, which no trial
 ever saw, when the study has one.
 
-This module is what the `hpo` command imports to build its parser, so it stays light; the work
-happens in `search.export.build` (and the texts in `search.export.report`).
+This module holds the two entry points; the work happens in `search.export.build` (and the
+texts in `search.export.report`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from trainer.errors import UserError
+from search.export.build import ExportResult, export
+from search.export.source import run_source, storage_source
+from search.study.report import make_console
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from search.context import StudyRun
-    from search.export.build import ExportResult
-
-
-class NothingToExport(UserError):
-    """The study has no complete trial (or none with checkpoints) to build an ensemble from."""
 
 
 def export_study(
@@ -56,9 +53,6 @@ def export_study(
     Raises:
         NothingToExport: If no trial is complete.
     """
-    from search.export.build import export
-    from search.export.source import run_source
-
     log = run.space.settings.tracking == "mlflow"
     return export(
         run_source(run), top_k=top_k, tta=tta, ensemble=ensemble, console=run.console, mlflow=log
@@ -92,14 +86,7 @@ def export_from_storage(
         StudyError: The study does not exist, or the data is not the study's.
         NothingToExport: No trial is complete.
     """
-    from search.export.build import export
-    from search.export.source import storage_source
-    from search.study.report import make_console
-
     source = storage_source(name, storage=storage, data=data)
     log = source.settings.tracking == "mlflow" if mlflow is None else mlflow
     console = console or make_console(stderr=False)
     return export(source, top_k=top_k, tta=tta, ensemble=ensemble, console=console, mlflow=log)
-
-
-# --- command line ------------------------------------------------------------------------------

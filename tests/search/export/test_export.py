@@ -17,11 +17,12 @@ from rich.console import Console
 from search.cli.export import add_parser
 from search.context import RunRequest
 from search.engine.run import prepare
+from search.export.build import NothingToExport
 from search.export.checkpoints import load_oof, top_trials, trial_dir
 from search.export.report import Scores, flat_metrics, measure
 from search.export.selection import combine, select
 from search.export.source import stored_settings
-from search.export.study_export import NothingToExport, export_from_storage
+from search.export.study_export import export_from_storage
 from search.space.spacefile import load_space
 from search.study.splits import holdout_indices
 from search.study.storage import StudyError, stored_folds
