@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,33 @@ HEAVY = ("torch", "timm", "albumentations")
 
 
 def test_import_contracts_hold():
-    # The layers of search/ and "trainer never imports search" are in pyproject.toml.
+    # The layers of search/, "no import cycles" and "trainer never imports search" are in
+    # pyproject.toml.
     lint = Path(sys.executable).with_name("lint-imports")
     done = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_an_import_inside_a_function_closes_a_cycle_too(tmp_path):
+    # What "no import cycles" checks: a lazy import does not hide a circle from it.
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg/__init__.py").write_text("")
+    (tmp_path / "pkg/a.py").write_text("def f():\n    from pkg import b\n\n    return b\n")
+    (tmp_path / "pkg/b.py").write_text("import pkg.a\n")
+    contract = _contracts()["no import cycles, between packages or inside one"]
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.importlinter]\nroot_packages = ["pkg"]\n\n[[tool.importlinter.contracts]]\n'
+        f'name = "cycles"\ntype = "{contract["type"]}"\nancestors = ["pkg"]\n'
+    )
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "No cycles are allowed in pkg" in done.stdout
+
+
+def _contracts() -> dict[str, dict]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return {contract["name"]: contract for contract in config["contracts"]}
 
 
 @pytest.mark.parametrize(
