@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from search.console import make_console
 from search.hooks import Hooks
-from search.study.report import make_console
 
 if TYPE_CHECKING:
     import optuna

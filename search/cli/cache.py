@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from search.console import make_console
 from search.study.caches import describe_age, list_caches, remove_unused
-from search.study.report import make_console
 
 
 def add_parser(verbs: argparse._SubParsersAction) -> None:

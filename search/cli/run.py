@@ -43,10 +43,10 @@ def _gpu_list(text: str) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the study to its target (with --workers, in worker processes)."""
+    from search.console import make_console
     from search.context import RunRequest
     from search.engine.run import run
     from search.engine.workers import check_gpus
-    from search.study.report import make_console
 
     check_gpus(args.gpus)  # before the study exists: a missing GPU is not a CPU run
     overrides = list(args.overrides)

@@ -16,8 +16,9 @@ from rich.live import Live
 from rich.text import Text
 
 from search import keys
+from search.console import make_console
 from search.hooks import Hooks
-from search.study.report import format_params, make_console, pruned_where, shorten, summary_line
+from search.study.report import format_params, pruned_where, shorten, summary_line
 
 if TYPE_CHECKING:
     import optuna

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from search import keys
+from search.console import make_console
 from search.context import HookFactory, RunRequest, StudyRun
 from search.engine.objective import Objective
 from search.engine.progress import Progress
@@ -26,7 +27,7 @@ from search.keys import BASELINE, STOPPED
 from search.space.spacefile import Space, load_space
 from search.study.data import StudyData
 from search.study.folder import check_folder, check_owner, claim_folder
-from search.study.report import make_console, trials_table
+from search.study.report import trials_table
 from search.study.splits import fold_splits
 from search.study.storage import (
     StudyError,

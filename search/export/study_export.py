@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from search.console import make_console
 from search.export.build import ExportResult, export
 from search.export.source import run_source, storage_source
-from search.study.report import make_console
 
 if TYPE_CHECKING:
     from rich.console import Console

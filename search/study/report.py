@@ -7,7 +7,6 @@ left. `hpo status STUDY --trial N` shows one trial in full (`trial_details`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -31,14 +30,6 @@ from search.keys import (
     SURPLUS,
     WARM_START_FROM,
 )
-
-
-def make_console(*, stderr: bool = True) -> Console:
-    """A console for tables: a terminal's width, else ``$COLUMNS``, else 160 columns for logs."""
-    console = Console(stderr=stderr)
-    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
-        return console  # Rich reads COLUMNS itself
-    return Console(stderr=stderr, width=160)
 
 
 def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
