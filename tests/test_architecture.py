@@ -22,6 +22,17 @@ def test_import_contracts_hold():
     assert done.returncode == 0, done.stdout[-3000:]
 
 
+def test_the_runs_context_imports_neither_study_nor_space_at_run_time():
+    # The layers contract lets search/context.py name their types in annotations: only there.
+    code = "import sys, search.context\nprint(sorted(m for m in sys.modules if m in {!r}))"
+    above = ("search.study", "search.space")
+    done = subprocess.run(
+        [sys.executable, "-c", code.format(above)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_an_import_inside_a_function_closes_a_cycle_too(tmp_path):
     # What "no import cycles" checks: a lazy import does not hide a circle from it.
     (tmp_path / "pkg").mkdir()
