@@ -14,7 +14,9 @@ fold, the score the folds' mean. Tables:
    (``cached_features=False``, the head trained epoch by epoch through the frozen backbone) and
    against a full fine-tuning trial with the same settings;
 2. quality: the head trial's CV score for several learning rates, cached and uncached, next to
-   scikit-learn's ``LogisticRegression()`` on the same frozen features and folds;
+   scikit-learn's ``LogisticRegression()`` on the same frozen features and folds; then the
+   cached head at ``probe_l2 = 1/n`` (LogisticRegression's objective) and at the ends of the
+   templates' ``probe_l2`` range;
 3. augmented views: the cached head's CV score and the time to build the views for
    ``feature_views`` in ``--views`` (the default ``feature_views`` was chosen from this);
 4. LP-FT: ``finetune="probe_full"`` against ``full`` with the same settings.
@@ -198,9 +200,12 @@ def _quality(base: TrainConfig, data, splits, lrs: list[float], uncached_lrs) ->
         uncached = _trial(config, data, splits, cached=False)[1] if lr in uncached_lrs else ""
         met = common.meets(cached - probe, at_least=0)
         rows.append([f"lr={lr:g}", cached, uncached, probe, met])
-    # weight_decay = 1 / (C n) makes the head's objective LogisticRegression(C=1)'s.
-    same = _trial(base.replace(loss="ce", weight_decay=1 / n_train), data, splits)[1]
-    rows.append(["weight_decay=1/n (sklearn's objective)", same, "", probe, ""])
+    # probe_l2 = 1 / (C n) makes the head's objective LogisticRegression(C=1)'s.
+    same = _trial(base.replace(loss="ce", probe_l2=1 / n_train), data, splits)[1]
+    rows.append(["probe_l2=1/n (sklearn's objective)", same, "", probe, ""])
+    for l2 in (0.05, 5.0):  # the ends of the templates' probe_l2 range (default 0.5)
+        rows.append([f"probe_l2={l2:g}", _trial(base.replace(probe_l2=l2), data, splits)[1], ""])
+        rows[-1] += [probe, common.meets(rows[-1][1] - probe, at_least=0)]
     common.print_table(
         f"2. CV score ({base.metric}) of head trials against LogisticRegression() on the same "
         "features and folds",

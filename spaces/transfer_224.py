@@ -30,7 +30,9 @@ _TRAINS = {"finetune": ["full", "probe_full"]}
 lr = loguniform(1e-5, 3e-3, when=_TRAINS)
 batch_size = choice(32, 64, when=_TRAINS)
 optimizer = choice("adamw", "sgd", when=_TRAINS)
-weight_decay = loguniform(1e-6, 5e-2)  # for head trials, the L2 strength of the probe
+weight_decay = loguniform(1e-6, 5e-2, when=_TRAINS)
+# The L2 strength of the linear probe (head trials, and probe_full's first stage).
+probe_l2 = loguniform(0.05, 5.0, when={"finetune": ["head", "probe_full"]})
 warmup_epochs = uniform(0.0, 2.0, when=_TRAINS)
 scheduler = "cosine"
 dropout = uniform(0.0, 0.4, when=_TRAINS)

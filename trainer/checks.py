@@ -103,7 +103,9 @@ FIELD_RANGES: dict[str, Check] = {
     "pretrained": _pretrained,
     "feature_views": _when(lambda v: 1 <= v <= 64, "must be from 1 to 64"),
     **dict.fromkeys(("dropout", "drop_path", "label_smoothing"), _UNIT),
-    **dict.fromkeys(("weight_decay", "momentum", "warmup_epochs", "focal_gamma"), _NON_NEGATIVE),
+    **dict.fromkeys(
+        ("weight_decay", "probe_l2", "momentum", "warmup_epochs", "focal_gamma"), _NON_NEGATIVE
+    ),
     "step_gamma": _when(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
     "grad_clip": _when(lambda v: v is None or v > 0, "must be positive, or None to disable"),
     "eval_batch_size": _when(lambda v: v is None or v >= 1, "must be at least 1, or None"),
@@ -117,6 +119,7 @@ HEAD_INERT: tuple[str, ...] = (
     "grad_accum",
     "epochs",
     "optimizer",
+    "weight_decay",
     "momentum",
     "nesterov",
     "scheduler",
@@ -132,7 +135,7 @@ HEAD_INERT: tuple[str, ...] = (
 convergence by L-BFGS on cached features of the frozen backbone (`trainer.loop.fit`), so no
 optimizer, schedule or epoch count reaches it, and dropout and stochastic depth would only act
 on a trunk that no longer runs. What acts: the backbone, its weights, ``image_size``,
-``augment``, ``hflip``, ``feature_views``, ``weight_decay`` (the L2 strength), ``loss``,
+``augment``, ``hflip``, ``feature_views``, ``probe_l2`` (the L2 strength), ``loss``,
 ``label_smoothing``, ``focal_gamma`` and ``class_weights``."""
 
 

@@ -210,7 +210,7 @@ def _probe_rounds(
     x = torch.from_numpy(views.reshape(-1, views.shape[-1])).to(runtime.device)
     y = torch.from_numpy(np.tile(data.labels[split.train], len(views))).to(runtime.device)
     return fit_linear_head(
-        x, y, fold.criterion, num_classes=len(data.classes), weight_decay=config.weight_decay
+        x, y, fold.criterion, num_classes=len(data.classes), weight_decay=config.probe_l2
     )
 
 

@@ -379,6 +379,6 @@ def _check_searched_on_head(
         raise SpaceError(
             f"{where[name]}: {name} is searched, but with finetune='head' every trial fits its "
             f"linear head to convergence on cached features, so {name} does not act; fix it "
-            "to one value or remove it (weight_decay, loss, label_smoothing, augment and "
+            "to one value or remove it (probe_l2, loss, label_smoothing, augment and "
             "feature_views act on head trials)."
         )

@@ -100,7 +100,7 @@ def test_converged_head_does_not_depend_on_lr_batch_size_or_epochs(digits, order
     other = base.replace(lr=0.3, batch_size=128, epochs=20, optimizer="sgd")
     first, second = fit(base, digits, split), fit(other, digits, split)
     np.testing.assert_array_equal(first.val_probs, second.val_probs)
-    stronger = fit(base.replace(weight_decay=1.0), digits, split)  # the penalty does act
+    stronger = fit(base.replace(probe_l2=5.0), digits, split)  # the penalty does act
     assert not np.allclose(stronger.val_probs, first.val_probs, atol=1e-3)
 
 
@@ -295,7 +295,7 @@ def test_cached_head_on_real_imagenet_weights_matches_the_uncached_head(tmp_path
 
 
 def test_the_probe_converges_to_scikit_learns_logistic_regression():
-    """With weight_decay = 1 / n the head's objective is LogisticRegression(C=1)'s."""
+    """With an L2 strength of 1 / n the head's objective is LogisticRegression(C=1)'s."""
     from sklearn.linear_model import LogisticRegression
 
     from trainer.probe import fit_linear_head

@@ -227,7 +227,7 @@ def test_searching_what_a_converged_head_ignores_is_refused(tmp_path):
         tmp_path,
         """
         finetune = "head"
-        weight_decay = loguniform(1e-5, 1e-1)
+        probe_l2 = loguniform(0.05, 5.0)
         lr = loguniform(1e-4, 1e-2)
         """,
     )
@@ -242,12 +242,12 @@ def test_what_acts_on_head_trials_may_be_searched(tmp_path):
         """
         finetune = "head"
         lr = 0.01
-        weight_decay = loguniform(1e-5, 1e-1)
+        probe_l2 = loguniform(0.05, 5.0)
         augment = choice("none", "light")
         feature_views = choice(2, 4)
         """,
     )
-    assert set(load_space(head).searched) == {"weight_decay", "augment", "feature_views"}
+    assert set(load_space(head).searched) == {"probe_l2", "augment", "feature_views"}
     mixed = write(
         tmp_path,
         """
@@ -260,6 +260,18 @@ def test_what_acts_on_head_trials_may_be_searched(tmp_path):
     assert set(load_space(mixed).searched) == {"finetune", "lr", "dropout"}
 
 
+def test_weight_decay_is_refused_for_head_trials_whose_penalty_is_probe_l2(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        finetune = "head"
+        weight_decay = loguniform(1e-5, 1e-1)
+        """,
+    )
+    message = error_of(path)
+    assert "weight_decay is searched" in message and "probe_l2" in message
+
+
 def test_a_parameter_only_for_trained_backbones_may_stay_with_finetune_head(tmp_path):
     # A study that fixes finetune="head" in a space written for several modes keeps its file.
     path = write(
@@ -267,7 +279,7 @@ def test_a_parameter_only_for_trained_backbones_may_stay_with_finetune_head(tmp_
         """
         finetune = "head"
         lr = loguniform(1e-4, 1e-2, when={"finetune": ("full", "probe_full")})
-        weight_decay = loguniform(1e-5, 1e-1)
+        probe_l2 = loguniform(0.05, 5.0)
         """,
     )
-    assert set(load_space(path).searched) == {"lr", "weight_decay"}
+    assert set(load_space(path).searched) == {"lr", "probe_l2"}
