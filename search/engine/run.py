@@ -27,20 +27,21 @@ from search.keys import BASELINE, STOPPED
 from search.space.spacefile import Space, load_space
 from search.study.data import StudyData
 from search.study.folder import check_folder, check_owner, claim_folder
+from search.study.identity import check_study, open_study
 from search.study.report import trials_table
-from search.study.splits import fold_splits
-from search.study.storage import (
-    StudyError,
-    StudyPlace,
-    check_study,
+from search.study.splits import (
+    fold_splits,
     holdout_note,
-    load_hpo_study,
-    open_storage,
-    open_study,
-    redact_url,
     resolve_holdout,
     splits_id,
     stored_folds,
+)
+from search.study.storage import (
+    StudyError,
+    StudyPlace,
+    load_hpo_study,
+    open_storage,
+    redact_url,
 )
 from search.study.warmstart import warm_start
 from trainer.cache import cached_images

@@ -33,8 +33,7 @@ from search.export.source import StudySource
 from search.space.settings import ENSEMBLES
 from search.space.spacefile import load_space
 from search.study.plots import save_figures, study_figures
-from search.study.splits import holdout_indices
-from search.study.storage import stored_folds
+from search.study.splits import holdout_indices, stored_folds
 from trainer import metrics
 from trainer.augment import tta_views
 from trainer.config import TrainConfig

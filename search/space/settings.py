@@ -70,7 +70,7 @@ class StudySettings:
 
     data: str = _setting("builtin:digits", checks.text)
     folds: int = _setting(5, checks.int_at_least(2))
-    # None: 0.1 for data of at least 1,000 images, else 0 (see search.study.storage).
+    # None: 0.1 for data of at least 1,000 images, else 0 (see search.study.splits).
     holdout: float | None = _setting(None, checks.optional(checks.fraction(0.5)))
     sampler: str = _setting("tpe", checks.one_of(SAMPLERS))
     pruner: str = _setting("median", checks.one_of(PRUNERS))

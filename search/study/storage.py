@@ -1,43 +1,29 @@
-"""Open or create a study: storage, sampler, pruner, and the identity checked on resume.
+"""Where a study lives and how its storage is opened: SQLite or PostgreSQL, retried, with
+heartbeats, and the study loaded back for readers (`hpo status`, the export).
 
-What a study stores besides Optuna's trials (as study user attributes, so that every worker on
-every machine reads the same): the space's identity, the data's content id, the class names and
-the fold id of every sample.
+Creating a study and checking on resume that it is the same study: `search.study.identity`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from search import keys
-from search.space.spacefile import Space
-from search.study.pruning import Rungs, build_pruner
 from search.study.resilient import PATIENCE, ResilientStorage
-from search.study.samplers import build_sampler
-from search.study.splits import assign_folds
-from trainer.config import DIRECTIONS
 from trainer.errors import UserError
-from trainer.sources import ImageTable
 
 STUDIES = Path("studies")
-# The holdout a space leaves to the default (``holdout = None``): a tenth of data this large.
-DEFAULT_HOLDOUT = 0.1
-HOLDOUT_MIN_IMAGES = 1000
 
 
 class StudyError(UserError):
@@ -197,183 +183,6 @@ def _first_line(err: BaseException) -> str:
     return (re.sub(r"^\([\w.]+\) ", "", text[0]) if text else type(err).__name__).rstrip(".")
 
 
-def open_study(
-    storage: BaseStorage,
-    place: StudyPlace,
-    space: Space,
-    table: ImageTable,
-    *,
-    process_seed: int,
-) -> optuna.Study:
-    """Create the study in ``storage``, or load it and check that it is the same study.
-
-    Raises:
-        StudyError: If the stored study was created with another space or other data.
-    """
-    settings = space.settings
-    pruner = build_pruner(
-        settings.pruner,
-        rungs=Rungs.of(settings),
-        min_peers=settings.pruner_startup_trials,
-        p=settings.pruner_p,
-    )
-    direction = DIRECTIONS[space.settings.metric]
-    study = optuna.create_study(
-        study_name=place.name,
-        storage=storage,
-        sampler=build_sampler(
-            settings.sampler,
-            seed=space.settings.seed,
-            process_seed=process_seed,
-            grouped=space.conditional,
-            space={name: s.distribution for name, s in space.searched.items()},
-        ),
-        pruner=pruner,
-        direction=direction,
-        load_if_exists=True,
-    )
-    _claim_or_check(study, place, space, table)
-    return study
-
-
-def resolve_holdout(
-    storage: BaseStorage, place: StudyPlace, space: Space, table: ImageTable
-) -> Space:
-    """``space`` with its default ``holdout`` (None) replaced by the value the study uses.
-
-    A stored study keeps the holdout it was created with; a new one gets `DEFAULT_HOLDOUT` when
-    the data has at least `HOLDOUT_MIN_IMAGES` images, else 0. The resolved value is part of the
-    identity, so the fingerprint stays that of the study.
-    """
-    if space.settings.holdout is not None:
-        return space
-    try:
-        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
-    except KeyError:
-        stored = {}
-    value = stored.get(keys.IDENTITY_ATTR, {}).get("settings", {}).get("holdout")
-    value = default_holdout(len(table)) if value is None else value
-    return replace(space, settings=replace(space.settings, holdout=value))
-
-
-def default_holdout(images: int) -> float:
-    """The holdout fraction of a new study on ``images`` images that left it to the default."""
-    return DEFAULT_HOLDOUT if images >= HOLDOUT_MIN_IMAGES else 0.0
-
-
-def holdout_note(space: Space, images: int) -> str | None:
-    """What to tell the user when the study has no holdout (its scores are then optimistic)."""
-    if space.settings.holdout:
-        return None
-    return (
-        f"No holdout ({images} images; hpo keeps one by default from {HOLDOUT_MIN_IMAGES:,}): "
-        "every score shown is cross-validated and optimistic, because the best epochs and the "
-        "best trials are chosen on those same folds. For an honest score on never-seen images, "
-        "set holdout = 0.1 in the space file and run it as a new study (--study NEW_NAME)."
-    )
-
-
-def check_study(storage: BaseStorage, place: StudyPlace, space: Space, table: ImageTable) -> None:
-    """Before any work: the study can be created or resumed in ``storage`` as asked.
-
-    Nothing is written to the study: a stored study must match ``space`` and ``table``, and
-    for a new one the data must split into the space's folds.
-
-    Raises:
-        StudyError: The stored study has another space or data.
-        DataError: A class (or the groups) is too small for the folds of a new study.
-    """
-    try:
-        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
-    except KeyError:
-        stored = {}
-    if keys.FINGERPRINT_ATTR in stored:
-        _check_same(stored, place, space, table)
-    else:
-        new_folds(space, table)
-
-
-def _claim_or_check(
-    study: optuna.Study, place: StudyPlace, space: Space, table: ImageTable
-) -> None:
-    stored = study.user_attrs
-    if keys.FINGERPRINT_ATTR not in stored:
-        _claim(study, space, table)
-        return
-    _check_same(stored, place, space, table)
-
-
-def _check_same(stored: dict[str, Any], place: StudyPlace, space: Space, table: ImageTable) -> None:
-    if stored[keys.FINGERPRINT_ATTR] != space.fingerprint():
-        changed = _changed_keys(stored.get(keys.IDENTITY_ATTR, {}), space.identity())
-        raise StudyError(
-            f"Study '{place.name}' was created with a different search space ({changed} "
-            "changed); restore the space, or pass --study NEW_NAME to start a new study."
-        )
-    if stored[keys.CONTENT_ID_ATTR] != table.content_id:
-        raise StudyError(
-            f"Study '{place.name}' was created with other data than '{table.source}' (the files, "
-            "labels or groups differ); point at the same data, or pass --study NEW_NAME."
-        )
-
-
-def new_folds(space: Space, table: ImageTable) -> np.ndarray:
-    """The fold id of every sample for a new study of ``space`` on ``table``.
-
-    Raises:
-        DataError: A class (or the groups) is too small for the folds.
-    """
-    return assign_folds(
-        table.labels,
-        table.groups,
-        table.classes,
-        folds=space.settings.folds,
-        holdout=_holdout(space, table),
-        seed=space.settings.seed,
-    )
-
-
-def _holdout(space: Space, table: ImageTable) -> float:
-    value = space.settings.holdout
-    return default_holdout(len(table)) if value is None else value
-
-
-def _claim(study: optuna.Study, space: Space, table: ImageTable) -> None:
-    fold_of = new_folds(space, table)
-    attrs = {
-        keys.IDENTITY_ATTR: space.identity(),
-        keys.SPACE_SOURCE_ATTR: space.path.read_text(),
-        keys.CONTENT_ID_ATTR: table.content_id,
-        keys.CLASSES_ATTR: list(table.classes),
-        keys.FOLD_OF_ATTR: fold_of.tolist(),
-        keys.SPLITS_ID_ATTR: splits_id(fold_of),
-        keys.DATA_ATTR: table.source,
-        keys.STUDY_UID_ATTR: uuid.uuid4().hex,  # binds studies/<name>/ (search.study.folder)
-    }
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
-    # Written last: its presence means the study is fully set up.
-    study.set_user_attr(keys.FINGERPRINT_ATTR, space.fingerprint())
-
-
-def splits_id(fold_of: np.ndarray) -> str:
-    """A short hash of the fold assignment (logged with every trial)."""
-    return hashlib.sha256(np.asarray(fold_of, dtype=np.int64).tobytes()).hexdigest()[:12]
-
-
-def _changed_keys(before: dict[str, Any], after: dict[str, Any]) -> str:
-    changed = []
-    for part in ("settings", "fixed", "searched"):
-        old, new = before.get(part, {}), after.get(part, {})
-        changed += [k for k in sorted(set(old) | set(new)) if old.get(k) != _jsonish(new.get(k))]
-    return ", ".join(dict.fromkeys(changed)) or "its layout"
-
-
-def _jsonish(value: Any) -> Any:
-    # Stored identities went through JSON: tuples became lists.
-    return json.loads(json.dumps(value, default=list)) if value is not None else None
-
-
 def load_hpo_study(place: StudyPlace) -> optuna.Study:
     """Load a study that `hpo run` created.
 
@@ -393,8 +202,3 @@ def load_hpo_study(place: StudyPlace) -> optuna.Study:
             f"Study '{place.name}' was not set up by `hpo run`; run `hpo run` on it first."
         )
     return study
-
-
-def stored_folds(study: optuna.Study) -> np.ndarray:
-    """The fold id of every sample, as stored when the study was created."""
-    return np.asarray(study.user_attrs[keys.FOLD_OF_ATTR], dtype=np.int64)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from search.hooks import Hooks
 from search.keys import PARENT_TAG, TRIAL_RUN_ATTR
-from search.study.storage import on_stale_trial, stored_folds
+from search.study.splits import stored_folds
+from search.study.storage import on_stale_trial
 from search.tracking import artifacts as content
 from search.tracking.dataset import dataset_input, log_dataset
 from search.tracking.election import StudyRunElection, local_store_lock

@@ -24,8 +24,8 @@ from search.export.selection import combine, select
 from search.export.source import stored_settings
 from search.export.study_export import export_from_storage
 from search.space.spacefile import load_space
-from search.study.splits import holdout_indices
-from search.study.storage import StudyError, stored_folds
+from search.study.splits import holdout_indices, stored_folds
+from search.study.storage import StudyError
 from tests.support.export_study import OVERRIDES, SPACE, DigitsStudy
 from trainer.cache import cached_images
 from trainer.ensemble import Ensemble

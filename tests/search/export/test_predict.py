@@ -23,8 +23,7 @@ from search.export.mlflow_model import Headline, log_ensemble
 from search.export.onnx_model import OnnxCheck
 from search.export.predict import PredictInputError
 from search.export.report import ExportScores, Row, Scores
-from search.study.splits import holdout_indices
-from search.study.storage import stored_folds
+from search.study.splits import holdout_indices, stored_folds
 from trainer.cache import cached_images
 from trainer.ensemble import Ensemble, ExportError
 from trainer.errors import ConfigError

@@ -10,8 +10,7 @@ from PIL import Image
 from rich.console import Console
 
 from search.engine.run import RunRequest, finish, prepare
-from search.study.splits import holdout_indices
-from search.study.storage import stored_folds
+from search.study.splits import holdout_indices, stored_folds
 
 SPACE = "backbone = 'test_vit'\nimage_size = 32\nfolds = 2\ntracking = 'none'\n"
 

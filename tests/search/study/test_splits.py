@@ -15,8 +15,7 @@ from PIL import Image
 
 from search.context import RunRequest
 from search.engine.run import prepare
-from search.study.splits import HOLDOUT, assign_folds, fold_splits, holdout_indices
-from search.study.storage import stored_folds
+from search.study.splits import HOLDOUT, assign_folds, fold_splits, holdout_indices, stored_folds
 from trainer.errors import DataError
 
 CLASSES = ("a", "b", "c")
