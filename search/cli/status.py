@@ -20,8 +20,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the study's summary line and its top trials, or one trial in full."""
     from search.console import make_console
-    from search.study.report import summary_line, trial_details, trials_table
     from search.study.storage import StudyError, StudyPlace, load_hpo_study
+    from search.study.tables import summary_line, trial_details, trials_table
 
     place = StudyPlace.of(args.study, args.storage)
     study = load_hpo_study(place)

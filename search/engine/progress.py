@@ -18,7 +18,7 @@ from rich.text import Text
 from search import keys
 from search.console import make_console
 from search.hooks import Hooks
-from search.study.report import format_params, pruned_where, shorten, summary_line
+from search.study.tables import format_params, pruned_where, shorten, summary_line
 
 if TYPE_CHECKING:
     import optuna

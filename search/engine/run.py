@@ -28,7 +28,6 @@ from search.space.spacefile import Space, load_space
 from search.study.data import StudyData
 from search.study.folder import check_folder, check_owner, claim_folder
 from search.study.identity import check_study, open_study
-from search.study.report import trials_table
 from search.study.splits import (
     fold_splits,
     holdout_note,
@@ -43,6 +42,7 @@ from search.study.storage import (
     open_storage,
     redact_url,
 )
+from search.study.tables import trials_table
 from search.study.warmstart import warm_start
 from trainer.cache import cached_images
 from trainer.config import weights_for

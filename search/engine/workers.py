@@ -28,8 +28,8 @@ from search.engine.progress import trial_line
 from search.engine.run import default_hooks, finish, hooks_for, prepare
 from search.engine.runner import count_trials
 from search.engine.spares import HPO_COMMAND, ForkedProcess, Serve, Spare, can_fork, fork_spares
-from search.study.report import summary_line, visible_trials
 from search.study.stopping import stagnation
+from search.study.tables import summary_line, visible_trials
 from trainer.device import cpu_count
 from trainer.errors import UserError
 

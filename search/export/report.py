@@ -21,7 +21,7 @@ from rich.table import Table
 from search import keys
 from search.space.settings import StudySettings
 from search.space.spacefile import HARDWARE_FIELDS
-from search.study.report import shorten
+from search.study.tables import shorten
 from trainer import metrics
 from trainer.manifest import Manifest
 

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import keys
 from search.study import plots as study_plots
-from search.study.report import visible_trials
+from search.study.tables import visible_trials
 from search.tracking import artifacts as content
 from search.tracking import figures
 from search.tracking.system import stop_monitor

@@ -508,7 +508,7 @@ def test_a_trial_whose_worker_died_has_its_runs_closed_by_the_next_worker(monkey
 
 def test_the_study_layer_does_not_import_tracking():
     code = (
-        "import sys, search.study.identity, search.study.report\n"
+        "import sys, search.study.identity, search.study.tables\n"
         "print(sorted(m for m in sys.modules if m.startswith('search.tracking')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -19,7 +19,7 @@ from search.keys import (
     SCORE_STD,
     WARM_START_FROM,
 )
-from search.study.report import ranked, trials_table
+from search.study.tables import ranked, trials_table
 from search.tracking.artifacts import trials_csv
 
 
