@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 
 from bench.common import fresh_dir, header, interleaved, median, parser, print_table, set_threads
 from trainer.config import TrainConfig
-from trainer.ensemble import Ensemble, Manifest, MemberSpec, file_sha256
+from trainer.inference.ensemble import Ensemble, Manifest, MemberSpec, file_sha256
+from trainer.inference.onnx_graph import export_onnx
 from trainer.models import build_model, normalization
-from trainer.onnx_graph import export_onnx
 
 BATCH = 64
 

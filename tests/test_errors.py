@@ -483,7 +483,7 @@ def test_e40_predict_with_an_export_for_another_class_count(capsys):
     from safetensors.torch import save_file
 
     from trainer.config import TrainConfig
-    from trainer.ensemble import Manifest, MemberSpec
+    from trainer.inference.ensemble import Manifest, MemberSpec
     from trainer.models import build_model
 
     config = TrainConfig(backbone="test_vit", image_size=32)

@@ -38,8 +38,8 @@ from trainer import metrics
 from trainer.augment import tta_views
 from trainer.config import TrainConfig
 from trainer.device import pick_device
-from trainer.ensemble import Ensemble, Manifest, MemberSpec, file_sha256, load_member
 from trainer.errors import ConfigError, UserError
+from trainer.inference.ensemble import Ensemble, Manifest, MemberSpec, file_sha256, load_member
 from trainer.models import build_model, normalization, resolve_architecture
 
 MEMBERS = "members"

@@ -3,10 +3,10 @@
 The file takes uint8 RGB images ``(N, S, S, 3)`` at each member size ``S`` (one input,
 ``images``, when all members take one size) and returns class probabilities ``(N, C)``;
 normalisation, every member with its weight, the TTA views and the vote are inside (see
-`trainer.onnx_graph`). Images are decoded and resized to each size outside the graph exactly as
-in training, so each member sees the pixels it was trained on. Its ``metadata_props`` hold the
-class names (JSON), ``image_sizes`` (JSON), ``image_size`` (the largest), ``tta``, the study and
-its metric.
+`trainer.inference.onnx_graph`). Images are decoded and resized to each size outside the graph
+exactly as in training, so each member sees the pixels it was trained on. Its
+``metadata_props`` hold the class names (JSON), ``image_sizes`` (JSON), ``image_size`` (the
+largest), ``tta``, the study and its metric.
 
 Running it (`OnnxEnsemble`) needs numpy, Pillow and onnxruntime, not PyTorch: this module
 imports torch only inside `write_onnx`.
@@ -27,7 +27,7 @@ from trainer.errors import DataError, UserError
 from trainer.images import decode_image, resize_array, unreadable_reason
 
 if TYPE_CHECKING:
-    from trainer.ensemble import Ensemble
+    from trainer.inference.ensemble import Ensemble
 
 ONNX_FILE = "ensemble.onnx"
 _CHECK_IMAGES = 8
@@ -80,7 +80,7 @@ def write_onnx(
             (the study's holdout, as training decoded it; the first 64 are run); None checks
             on random images.
     """
-    from trainer.onnx_graph import export_onnx
+    from trainer.inference.onnx_graph import export_onnx
 
     path = export_onnx(ensemble, Path(folder) / ONNX_FILE, metadata=metadata)
     model = OnnxEnsemble.load(path)

@@ -138,7 +138,7 @@ def predict_to_csv(
     """
     import pandas as pd
 
-    from trainer.predictions import probability_frame
+    from trainer.inference.predictions import probability_frame
 
     inputs = find_inputs(source)
     if onnx:
@@ -161,7 +161,7 @@ def _torch_probs(
     progress: bool,
 ) -> tuple[np.ndarray, dict[int, str], tuple[str, ...]]:
     from trainer.augment import tta_views
-    from trainer.ensemble import Ensemble
+    from trainer.inference.ensemble import Ensemble
 
     ensemble = Ensemble.load(export, device=device)
     mode = _tta_mode(tta, ensemble.tta, flips=_may_flip(export))
@@ -202,7 +202,7 @@ def _tta_mode(requested: str | None, exported: str, *, flips: bool) -> str:
 
 def _may_flip(export: str | Path) -> bool:
     """Whether every member was trained with horizontal flips (``hflip``, on by default)."""
-    from trainer.manifest import Manifest
+    from trainer.inference.manifest import Manifest
 
     return all(m.config.get("hflip", True) for m in Manifest.read(Path(export)).members)
 

@@ -39,7 +39,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Rebuild the ensemble from the logged export folder."""
-        from trainer.ensemble import Ensemble
+        from trainer.inference.ensemble import Ensemble
 
         self.ensemble = Ensemble.load(context.artifacts[ARTIFACT])
 
@@ -50,7 +50,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Class probabilities of ``model_input`` (see the class docstring)."""
-        from trainer.predictions import probability_frame
+        from trainer.inference.predictions import probability_frame
 
         tta = (params or {}).get("tta")
         paths = _paths(model_input)

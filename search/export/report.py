@@ -23,7 +23,7 @@ from search.space.settings import StudySettings
 from search.space.spacefile import HARDWARE_FIELDS
 from search.study.tables import shorten
 from trainer import metrics
-from trainer.manifest import Manifest
+from trainer.inference.manifest import Manifest
 
 CV = "CV (optimistic)"
 _NAMES = ("accuracy", "f1_macro", "log_loss")
@@ -298,7 +298,7 @@ def markdown(
         "    hpo predict <this folder> images/ --out predictions.csv",
         "    hpo predict <this folder> images/ --onnx     # onnxruntime, no PyTorch",
         "",
-        "    from trainer.ensemble import Ensemble",
+        "    from trainer.inference.ensemble import Ensemble",
         '    probs = Ensemble.load("<this folder>").predict(uint8_images)',
         "",
         f"`ensemble.onnx` takes uint8 RGB images (N, H, W, 3); {onnx_check}",

@@ -23,7 +23,7 @@ from search.export.checkpoints import load_oof, trial_dir
 from search.export.report import Row, Scores, measure
 from search.export.selection import Selection, combine
 from trainer import metrics
-from trainer.ensemble import Ensemble
+from trainer.inference.ensemble import Ensemble
 
 
 @dataclass(frozen=True)

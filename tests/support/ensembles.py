@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from trainer.config import TrainConfig
-from trainer.ensemble import MemberSpec, file_sha256
+from trainer.inference.ensemble import MemberSpec, file_sha256
 from trainer.models import build_model, normalization
 
 

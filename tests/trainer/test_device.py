@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from trainer import ensemble
 from trainer.cache import worker_count
 from trainer.config import TrainConfig
 from trainer.cpus import cpu_count
 from trainer.device import resolve_runtime
+from trainer.inference import ensemble
 
 
 def _pretend_cuda(monkeypatch: pytest.MonkeyPatch, *, native_bf16: bool) -> None:

@@ -14,14 +14,14 @@ from PIL import Image
 
 from tests.support.ensembles import asymmetric_images, member
 from trainer.config import TrainConfig
-from trainer.ensemble import (
+from trainer.images import decode_image
+from trainer.inference.ensemble import (
     Ensemble,
     ExportError,
     Manifest,
     hard_labels,
     vote_shares,
 )
-from trainer.images import decode_image
 from trainer.models import normalization
 
 CLASSES = ("bird", "cat", "dog")
@@ -224,7 +224,7 @@ def test_loading_an_export_imports_neither_optuna_nor_mlflow(tmp_path):
     _export(tmp_path, [VIT])
     code = (
         "import sys\n"
-        "from trainer.ensemble import Ensemble\n"
+        "from trainer.inference.ensemble import Ensemble\n"
         f"Ensemble.load({str(tmp_path)!r}, device='cpu')\n"
         "bad = [m for m in ('optuna', 'mlflow') if m in sys.modules]\n"
         "assert not bad, bad\n"

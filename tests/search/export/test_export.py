@@ -28,7 +28,7 @@ from search.study.splits import holdout_indices, stored_folds
 from search.study.storage import StudyError
 from tests.support.export_study import OVERRIDES, SPACE, DigitsStudy
 from trainer.cache import cached_images
-from trainer.ensemble import Ensemble
+from trainer.inference.ensemble import Ensemble
 from trainer.sources import load_table
 
 
@@ -83,7 +83,7 @@ import sys
 import numpy as np
 import optuna
 from trainer.cache import cached_images
-from trainer.ensemble import Ensemble, Manifest
+from trainer.inference.ensemble import Ensemble, Manifest
 from trainer.sources import load_table
 from search.export.checkpoints import load_oof, trial_dir
 

@@ -17,9 +17,9 @@ from PIL import Image
 from search.export.onnx_model import OnnxEnsemble, OnnxExportError, write_onnx
 from tests.support.ensembles import asymmetric_images, member
 from trainer.config import TrainConfig
-from trainer.ensemble import Ensemble, Manifest
 from trainer.images import resize_array
-from trainer.onnx_graph import OPSET, _antialiased_resize, export_onnx
+from trainer.inference.ensemble import Ensemble, Manifest
+from trainer.inference.onnx_graph import OPSET, _antialiased_resize, export_onnx
 
 CLASSES = ("bird", "cat", "dog")
 VIT = TrainConfig(backbone="test_vit", image_size=32)

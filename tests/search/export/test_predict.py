@@ -25,9 +25,9 @@ from search.export.predict import PredictInputError
 from search.export.report import ExportScores, Row, Scores
 from search.study.splits import holdout_indices, stored_folds
 from trainer.cache import cached_images
-from trainer.ensemble import Ensemble, ExportError
 from trainer.errors import ConfigError
-from trainer.manifest import Manifest
+from trainer.inference.ensemble import Ensemble, ExportError
+from trainer.inference.manifest import Manifest
 from trainer.sources import load_table
 
 PROBS = [f"prob_{d}" for d in range(10)]

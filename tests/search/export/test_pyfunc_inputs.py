@@ -11,7 +11,7 @@ from search.export.predict import EXPORT_TTA, predict_to_csv
 from search.export.pyfunc_model import EnsembleModel
 from tests.support.ensembles import member
 from trainer.config import TrainConfig
-from trainer.ensemble import Ensemble, Manifest
+from trainer.inference.ensemble import Ensemble, Manifest
 
 
 def _model(folder: Path) -> EnsembleModel:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from search.export.report import CV, ExportScores, Row, Scores, flat_metrics, markdown, show
 from search.export.scoring import compared_tta
-from trainer.manifest import Manifest, MemberSpec
+from trainer.inference.manifest import Manifest, MemberSpec
 
 GOOD, FAIR, WEAK = Scores(0.9, 0.88, 0.3), Scores(0.8, 0.79, 0.5), Scores(0.7, 0.69, 0.7)
 

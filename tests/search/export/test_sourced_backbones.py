@@ -22,7 +22,7 @@ from search.cli.main import main
 from search.export.checkpoints import load_oof, trial_dir
 from trainer.cache import cached_images
 from trainer.config import TrainConfig
-from trainer.ensemble import Ensemble, Manifest
+from trainer.inference.ensemble import Ensemble, Manifest
 from trainer.models import build_model, resolve_architecture
 from trainer.sources import load_table
 

@@ -25,7 +25,7 @@ import torch
 from torch.onnx import symbolic_helper
 
 from trainer.augment import View, tta_views
-from trainer.ensemble import Ensemble, Member
+from trainer.inference.ensemble import Ensemble, Member
 
 OPSET = 18  # the first opset whose Resize has antialiasing
 INPUT = "images"

@@ -1,9 +1,9 @@
 """A soft-voting ensemble of trained fold models, loaded from an export folder.
 
 An export folder holds ``manifest.json`` (classes, TTA, and per member: weights file, resolved
-`TrainConfig`, normalisation, voting weight; see `trainer.manifest`) and one safetensors file
-per member. Loading it needs only this
-package: no study storage, no MLflow, and no pickled code (weights are read with safetensors).
+`TrainConfig`, normalisation, voting weight; see `trainer.inference.manifest`) and one
+safetensors file per member. Loading it needs only this package: no study storage, no MLflow,
+and no pickled code (weights are read with safetensors).
 
 Images are preprocessed exactly as in training: squashed to the member's ``image_size`` with
 `trainer.images` (files) or `resize_array` (arrays), then normalised on the device.
@@ -28,8 +28,7 @@ from trainer.cpus import cpu_count
 from trainer.device import pick_device
 from trainer.errors import DataError, UserError
 from trainer.images import decode_image, resize_array, unreadable_reason
-from trainer.loader import stats_tensors, to_model_input
-from trainer.manifest import (
+from trainer.inference.manifest import (
     EXPORT_AGAIN,
     MANIFEST,
     ExportError,
@@ -37,6 +36,7 @@ from trainer.manifest import (
     MemberSpec,
     file_sha256,
 )
+from trainer.loader import stats_tensors, to_model_input
 from trainer.models import build_model
 
 # --- loading members ---------------------------------------------------------------------------
