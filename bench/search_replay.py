@@ -76,7 +76,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 class AxisReporter:
     """Reports a trial at every epoch on one step axis, for Optuna's SHA and Hyperband.
 
-    It stands in for `search.engine.reporting.RungReporter` (same constructor and calls): the
+    It stands in for `search.engine.rungs.RungReporter` (same constructor and calls): the
     step is the epochs trained over all folds so far, the value the mean of the folds' best
     scores, the fold under way counted by its best epoch yet.
     """

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from search.cli.args import positive_float, positive_int
 
 if TYPE_CHECKING:
-    from search.engine.spares import Serve
+    from search.engine.prefork import Serve
 
 
 def add_parser(verbs: argparse._SubParsersAction, *, serve: Serve) -> None:

@@ -12,7 +12,7 @@ import optuna
 import torch
 
 from search import keys
-from search.engine.reporting import RungReporter
+from search.engine.rungs import RungReporter
 from search.hooks import Hooks
 from search.keys import DIVERGED, EPOCHS, FOLD_SCORES, PRUNED_AT, PRUNED_REASON, SCORE_STD, SECONDS
 from search.space.spacefile import Space

@@ -4,7 +4,7 @@ The parent creates the study (and its splits and MLflow study run) first, so wor
 it; each worker is an ordinary `hpo run` of the same study pinned to its GPU (or given
 ``cores / N`` threads on a CPU-only machine). On a CPU-only Linux machine the workers are forked
 before that, once the parent has imported everything, and wait for their command lines
-(`search.engine.spares`): they do not pay the imports again. The parent watches the shared
+(`search.engine.prefork`): they do not pay the imports again. The parent watches the shared
 storage to show progress, and exports when the workers are done. A worker that dies loses
 nothing: its trial's heartbeat stops, and another worker fails and retries it.
 """
@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from search.context import RunRequest, StudyRun
+from search.engine.prefork import HPO_COMMAND, ForkedProcess, Serve, Spare, can_fork, fork_spares
 from search.engine.progress import trial_line
 from search.engine.run import default_hooks, finish, hooks_for, prepare
 from search.engine.runner import count_trials
-from search.engine.spares import HPO_COMMAND, ForkedProcess, Serve, Spare, can_fork, fork_spares
 from search.study.stopping import stagnation
 from search.study.tables import summary_line, visible_trials
 from trainer.device import cpu_count
@@ -147,8 +147,8 @@ def run_workers(
         request: The run, as for a single process.
         gpus: The GPUs to spread the workers over (default: every visible one).
         serve: Runs `hpo` with an argument list in this process. Given, and where
-            `spares.can_fork` allows, the workers are forked from this process before the study
-            is opened (see `search.engine.spares`); otherwise they start as new processes.
+            `prefork.can_fork` allows, the workers are forked from this process before the study
+            is opened (see `search.engine.prefork`); otherwise they start as new processes.
 
     Raises:
         WorkersFailed: If every worker stopped and the study is short of its target.

@@ -11,7 +11,7 @@ from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
 from search.engine.progress import Progress, trial_line
-from search.engine.reporting import RungReporter
+from search.engine.rungs import RungReporter
 from search.keys import EPOCHS, FOLD_SCORES, PRUNED_AT, PRUNED_REASON, SCORE_STD, SECONDS
 from search.study.pruning import Rungs
 

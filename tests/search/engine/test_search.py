@@ -13,7 +13,7 @@ from optuna.trial import TrialState, create_trial
 
 import search.engine.objective as objective_module
 from search.engine.objective import Objective
-from search.engine.reporting import RungReporter
+from search.engine.rungs import RungReporter
 from search.engine.runner import RunLimits, optimize
 from search.hooks import HookList
 from search.keys import DIVERGED, EPOCHS, PRUNED_AT, PRUNED_REASON, SCORE_STD, STOPPED

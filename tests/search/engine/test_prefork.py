@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from search.engine.spares import HPO_COMMAND, ForkedProcess, can_fork, fork_spares
+from search.engine.prefork import HPO_COMMAND, ForkedProcess, can_fork, fork_spares
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="spares fork: Linux only")
 
