@@ -19,24 +19,15 @@ from search.context import RunRequest
 from search.engine import objective as objective_module
 from search.engine.run import run
 from search.engine.runner import TooManyFailures
+from tests.support.small_space import SETTINGS, write_space
 from trainer import loop
 
-TINY = ["folds=2", "epochs=1", "backbone=test_vit", "tracking=none", "augment=none"]
-SPACE = """\
-from search.space import loguniform
-
-data = "builtin:digits"
-image_size = 32
-hflip = False
-lr = loguniform(1e-3, 5e-3)
-"""
+TINY = [*SETTINGS, "epochs=1", "tracking=none"]
 
 
 @pytest.fixture
 def space(tmp_path) -> Path:
-    path = tmp_path / "rel.py"
-    path.write_text(SPACE)
-    return path
+    return write_space(tmp_path / "rel.py")
 
 
 def load() -> optuna.Study:

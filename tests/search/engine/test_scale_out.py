@@ -18,24 +18,15 @@ from optuna.trial import TrialState
 
 from search.cli.main import main
 from search.study.storage import open_storage
+from tests.support.small_space import SETTINGS, write_space
 
-TINY = ["folds=2", "epochs=1", "backbone=test_vit", "augment=none", "heartbeat=1"]
-SPACE = """\
-from search.space import loguniform
-
-data = "builtin:digits"
-image_size = 32
-hflip = False
-lr = loguniform(1e-3, 5e-3)
-"""
+TINY = [*SETTINGS, "epochs=1", "heartbeat=1"]
 POSTGRES = os.environ.get("HPO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 @pytest.fixture
 def space(tmp_path) -> Path:
-    path = tmp_path / "scale.py"
-    path.write_text(SPACE)
-    return path
+    return write_space(tmp_path / "scale.py")
 
 
 def admin_connection(url: str) -> Any:

@@ -20,16 +20,9 @@ from search.context import RunRequest
 from search.engine.runner import tail_pause
 from search.engine.workers import Worker, WorkersFailed, outcome_of, watch, worker_command
 from search.study.storage import StudyPlace
+from tests.support.small_space import SETTINGS, write_space
 
-TINY = ["folds=2", "epochs=1", "backbone=test_vit", "augment=none", "heartbeat=1"]
-SPACE = """\
-from search.space import loguniform
-
-data = "builtin:digits"
-image_size = 32
-hflip = False
-lr = loguniform(1e-3, 5e-3)
-"""
+TINY = [*SETTINGS, "epochs=1", "heartbeat=1"]
 LOGS = Path("studies/w/logs")
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -37,10 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.fixture
 def space(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # workers import this checkout
-
-    path = tmp_path / "w.py"
-    path.write_text(SPACE)
-    return path
+    return write_space(tmp_path / "w.py")
 
 
 def worker_args(request: RunRequest):

@@ -26,25 +26,16 @@ from optuna.trial import TrialState
 from search.cli.main import main
 from search.study.storage import SQLITE_BUSY_SECONDS, open_storage
 from search.tracking.server import free_port
+from tests.support.small_space import SETTINGS, write_space
 
-TINY = ["folds=2", "backbone=test_vit", "augment=none", "heartbeat=1", "threads=1"]
-SPACE = """\
-from search.space import loguniform
-
-data = "builtin:digits"
-image_size = 32
-hflip = False
-lr = loguniform(1e-3, 5e-3)
-"""
+TINY = [*SETTINGS, "heartbeat=1", "threads=1"]
 GONE, BACK, GAVE_UP = "is not answering", "is back after", "has not answered for"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @pytest.fixture
 def space(tmp_path) -> Path:
-    path = tmp_path / "outage.py"
-    path.write_text(SPACE)
-    return path
+    return write_space(tmp_path / "outage.py")
 
 
 # --- a PostgreSQL server of our own ---
