@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -48,6 +49,14 @@ def test_an_import_inside_a_function_closes_a_cycle_too(tmp_path):
     done = subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 1, done.stdout[-3000:]
     assert "No cycles are allowed in pkg" in done.stdout
+
+
+def test_the_architecture_page_lists_the_layers_of_the_contract():
+    page = (ROOT / "docs/architecture.md").read_text()
+    section = page.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\d+\. `([\w.]+)`", section, flags=re.MULTILINE)
+    contract = _contracts()["search/ layers: each imports only those below it"]
+    assert listed == contract["layers"]
 
 
 def _contracts() -> dict[str, dict]:
