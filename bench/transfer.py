@@ -51,10 +51,10 @@ from bench import common
 from trainer import metrics
 from trainer.cache import FEATURES_MARK, CachedImages, cached_images
 from trainer.config import TrainConfig
-from trainer.device import resolve_runtime
+from trainer.device import eval_batch_size, resolve_runtime
 from trainer.features import fold_features
 from trainer.loader import stats_tensors
-from trainer.loop import EVAL_BATCH_SIZE, fit
+from trainer.loop import fit
 from trainer.models import build_model, normalization
 from trainer.sources import load_table
 from trainer.types import Split
@@ -230,7 +230,8 @@ def _plain_features(config: TrainConfig, data: CachedImages) -> np.ndarray:
     runtime = resolve_runtime(config)
     stats = stats_tensors(*normalization(model), runtime.device)
     model = model.to(runtime.device, memory_format=runtime.memory_format)
-    found = fold_features(model, config, data, runtime, stats, batch_size=EVAL_BATCH_SIZE)
+    batch = eval_batch_size(config.image_size, runtime.device)
+    found = fold_features(model, config, data, runtime, stats, batch_size=batch)
     return found.plain
 
 

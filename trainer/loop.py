@@ -20,7 +20,13 @@ from trainer import metrics
 from trainer.augment import train_transform
 from trainer.cache import CachedImages
 from trainer.config import TrainConfig
-from trainer.device import Runtime, resolve_runtime, seed_everything
+from trainer.device import (
+    EVAL_BATCH_SIZE,
+    Runtime,
+    eval_batch_size,
+    resolve_runtime,
+    seed_everything,
+)
 from trainer.errors import ConfigError
 from trainer.features import FoldFeatures, fold_features, linear_head
 from trainer.loader import EpochBatches, TrainLoader, eval_batches, stats_tensors, to_model_input
@@ -29,10 +35,6 @@ from trainer.models import build_model, normalization, trainable_parameters
 from trainer.optim import build_optimizer, build_schedule
 from trainer.probe import HeadRound, fit_linear_head, head_probs, load_head
 from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
-
-# Images per evaluation batch unless the config says otherwise (no gradients are kept, so it can
-# be larger than a training batch).
-EVAL_BATCH_SIZE = 256
 
 
 @dataclass
@@ -124,7 +126,7 @@ def _train_epochs(
             runtime,
             fold.mean,
             fold.std,
-            batch_size=config.eval_batch_size or EVAL_BATCH_SIZE,
+            batch_size=eval_batch_size(config.image_size, runtime.device, config.eval_batch_size),
         )
         _check_finite(probs, epoch)
         row = _measure(config, split, data, epoch, train_loss, probs, fold.schedule.lr, tick)
@@ -192,7 +194,7 @@ def _start_from_probe(
 def _features(
     config: TrainConfig, data: CachedImages, runtime: Runtime, fold: _Fold, *, store: bool
 ) -> FoldFeatures:
-    batch = config.eval_batch_size or EVAL_BATCH_SIZE
+    batch = eval_batch_size(config.image_size, runtime.device, config.eval_batch_size)
     stats = (fold.mean, fold.std)
     return fold_features(fold.model, config, data, runtime, stats, batch_size=batch, store=store)
 

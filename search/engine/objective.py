@@ -20,8 +20,8 @@ from search.study.data import StudyData
 from search.study.pruning import Rungs
 from trainer.cache import CachedImages
 from trainer.config import TrainConfig
-from trainer.device import release_memory
-from trainer.loop import EVAL_BATCH_SIZE, fit, predict_probs
+from trainer.device import eval_batch_size, pick_device, release_memory
+from trainer.loop import fit, predict_probs
 from trainer.types import Diverged, EpochMetrics, FitHook, FoldResult, Split
 
 
@@ -150,7 +150,8 @@ def _raised_in_evaluation(err: BaseException) -> bool:
 def _smaller_batch(config: TrainConfig, *, in_evaluation: bool) -> TrainConfig | None:
     """``config`` with the batch that ran out of memory halved; None when it is already 1."""
     if in_evaluation:
-        current = config.eval_batch_size or EVAL_BATCH_SIZE
+        device = pick_device(config.device)
+        current = eval_batch_size(config.image_size, device, config.eval_batch_size)
         return config.replace(eval_batch_size=current // 2) if current > 1 else None
     if config.batch_size < 2:
         return None

@@ -91,7 +91,7 @@ def test_out_of_memory_in_evaluation_halves_the_evaluation_batch_only(tmp_path, 
     trial = run_one(tmp_path, "epochs=1", "batch_size=32")
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("fail_reason")
     config = trial.user_attrs["config"]
-    assert config["eval_batch_size"] == 16  # 256 (the default), 128, 64 and 32 ran out
+    assert config["eval_batch_size"] == 16  # 128 (the CPU default at 32 px), 64 and 32 ran out
     assert (config["batch_size"], config["grad_accum"]) == (32, 1)  # training was never short
     assert trial.user_attrs["out_of_memory_retry"] == {
         "fold": 0,
