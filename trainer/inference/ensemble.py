@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from trainer.augment import View, tta_views
 from trainer.config import TrainConfig
 from trainer.cpus import cpu_count
-from trainer.device import pick_device
+from trainer.device import eval_batch_size, pick_device
 from trainer.errors import DataError, UserError
 from trainer.images import decode_image, resize_array, unreadable_reason
 from trainer.inference.manifest import (
@@ -186,7 +186,7 @@ class Ensemble:
         images: np.ndarray | Sequence[np.ndarray] | Mapping[int, np.ndarray],
         *,
         tta: str | None = None,
-        batch_size: int = 256,
+        batch_size: int | None = None,
     ) -> np.ndarray:
         """Every member's probabilities, shape ``(members, N, classes)``, float32.
 
@@ -194,7 +194,8 @@ class Ensemble:
             images: A uint8 ``(N, H, W, 3)`` batch, a sequence of images of any size and mode,
                 or ``{image_size: batch}`` already at every member's size.
             tta: Overrides the ensemble's TTA mode (``none`` for plain predictions).
-            batch_size: Images per forward pass.
+            batch_size: Images per forward pass; by default each member's
+                `trainer.device.eval_batch_size`.
         """
         by_size = images if isinstance(images, Mapping) else prepare(images, self.sizes)
         views = tta_views(self.tta if tta is None else tta)
@@ -259,9 +260,14 @@ def hard_labels(member_probs: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode()
 def _probs(
-    member: Member, images: np.ndarray, views: Sequence[View], classes: int, batch_size: int
+    member: Member,
+    images: np.ndarray,
+    views: Sequence[View],
+    classes: int,
+    batch_size: int | None,
 ) -> np.ndarray:
     outputs = [torch.empty((0, classes))]
+    batch_size = batch_size or eval_batch_size(member.image_size, member.mean.device)
     for start in range(0, len(images), batch_size):
         pixels = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
         x = to_model_input(
