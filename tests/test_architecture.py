@@ -59,6 +59,15 @@ def test_the_architecture_page_lists_the_layers_of_the_contract():
     assert listed == contract["layers"]
 
 
+def test_the_readme_layout_names_the_layers_of_the_contract_in_order():
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme.split("\nLayout: ", 1)[1].split("\n\n", 1)[0]
+    chain = paragraph.split("in layers, each importing only those below it:", 1)[1]
+    named = re.findall(r"`(\w+)(?:\.py)?`(?=\s+[(>])", chain.split("No modules import")[0])
+    contract = _contracts()["search/ layers: each imports only those below it"]
+    assert ["search." + name for name in named] == contract["layers"]
+
+
 def _contracts() -> dict[str, dict]:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     return {contract["name"]: contract for contract in config["contracts"]}
