@@ -17,3 +17,11 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError):
     """A dataset that cannot be read or used as given (path, CSV, image, class counts)."""
+
+
+class ExportError(UserError):
+    """An export that cannot be built or loaded; the message names the file or study and the fix.
+
+    The one base of the export's errors: `search.export.build.NothingToExport` (no trial to
+    build from) and `search.export.onnx_model.OnnxExportError` (an unusable ensemble.onnx).
+    """

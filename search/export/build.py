@@ -38,7 +38,7 @@ from trainer import metrics
 from trainer.augment import tta_views
 from trainer.config import TrainConfig
 from trainer.device import pick_device
-from trainer.errors import ConfigError, UserError
+from trainer.errors import ConfigError, ExportError
 from trainer.inference.ensemble import Ensemble, Manifest, MemberSpec, file_sha256, load_member
 from trainer.models import build_model, normalization, resolve_architecture
 
@@ -46,7 +46,7 @@ MEMBERS = "members"
 FIGURES = "figures"  # the study's plots, linked from report.md
 
 
-class NothingToExport(UserError):
+class NothingToExport(ExportError):
     """The study has no complete trial (or none with checkpoints) to build an ensemble from."""
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer.errors import DataError, UserError
+from trainer.errors import DataError, ExportError
 from trainer.images import decode_image, resize_array, unreadable_reason
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _CHECK_IMAGES = 8
 _REAL_IMAGES = 64  # a few seconds even for 224 px members
 
 
-class OnnxExportError(UserError):
+class OnnxExportError(ExportError):
     """An ``ensemble.onnx`` that is missing or cannot be run."""
 
 

@@ -14,16 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from trainer.augment import tta_views
-from trainer.errors import UserError
+from trainer.errors import ExportError
 
 MANIFEST = "manifest.json"
 # 2: members carry a voting weight (format 1 exports vote equally and still load).
 FORMAT = 2
 EXPORT_AGAIN = "export the study again with `hpo export STUDY`"
-
-
-class ExportError(UserError):
-    """An export folder that cannot be loaded; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)

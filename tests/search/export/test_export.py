@@ -258,3 +258,12 @@ def test_settings_are_read_from_storage_without_running_the_space_file():
     assert settings.data == "builtin:digits"
     study.set_user_attr("hpo.run_control", {"top_k": 5})  # the last run's values, when stored
     assert stored_settings(study).top_k == 5
+
+
+def test_the_exports_errors_share_one_base():
+    from search.export.onnx_model import OnnxExportError
+    from trainer.errors import ExportError, UserError
+    from trainer.inference.ensemble import ExportError as LoadError
+
+    assert LoadError is ExportError and issubclass(ExportError, UserError)
+    assert issubclass(NothingToExport, ExportError) and issubclass(OnnxExportError, ExportError)
