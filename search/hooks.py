@@ -7,6 +7,7 @@ hook is responsible for its own robustness (see `search.tracking.tracker`).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,21 @@ if TYPE_CHECKING:
 
     from trainer.config import TrainConfig
     from trainer.types import EpochMetrics, FoldResult
+
+
+class Outcome(enum.StrEnum):
+    """How a study run ended in this process (or, for `hpo run --workers`, in all of them)."""
+
+    DONE = "done"
+    """The study has its target of finished trials."""
+    TIMEOUT = "timeout"
+    """The time was up first (``--timeout`` or the space file's ``timeout``)."""
+    PATIENCE = "patience"
+    """The study stopped improving (the reason is in the study user attribute ``STOPPED``)."""
+    INTERRUPTED = "interrupted"
+    """Ctrl-C or a termination signal."""
+    FAILED = "failed"
+    """An error ended it."""
 
 
 class Hooks:
@@ -33,8 +49,8 @@ class Hooks:
     def trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial's final state is in the storage (complete, pruned or failed)."""
 
-    def study_ended(self, study: optuna.Study, outcome: str) -> None:
-        """This process stops running trials: ``done``, ``timeout``, ``interrupted``, ``failed``."""
+    def study_ended(self, study: optuna.Study, outcome: Outcome) -> None:
+        """This process stops running trials; how it ended."""
 
 
 class HookList(Hooks):
@@ -59,6 +75,6 @@ class HookList(Hooks):
         for hook in self.hooks:
             hook.trial_ended(study, trial)
 
-    def study_ended(self, study: optuna.Study, outcome: str) -> None:
+    def study_ended(self, study: optuna.Study, outcome: Outcome) -> None:
         for hook in self.hooks:
             hook.study_ended(study, outcome)

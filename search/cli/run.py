@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from search.cli.args import positive_float, positive_int
+from search.hooks import Outcome
 
 if TYPE_CHECKING:
     from search.engine.prefork import Serve
@@ -75,6 +76,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         pin_this_process(args.gpus)
         outcome = run(request)
-    if outcome == "timeout":
+    if outcome == Outcome.TIMEOUT:
         make_console().print("Stopped at --timeout; run the same command again to go on.")
     return 0

@@ -22,7 +22,7 @@ from search.engine.objective import Objective
 from search.engine.progress import Progress
 from search.engine.runner import RunLimits, optimize
 from search.export.checkpoints import trial_dir
-from search.hooks import HookList, Hooks
+from search.hooks import HookList, Hooks, Outcome
 from search.keys import BASELINE, STOPPED
 from search.space.spacefile import Space, load_space
 from search.study.data import StudyData
@@ -257,8 +257,8 @@ def run(
     *,
     console: Console | None = None,
     hooks: Sequence[HookFactory] | None = None,
-) -> str:
-    """Run the study to its target of finished trials; returns "done" or "timeout"."""
+) -> Outcome:
+    """Run the study to its target of finished trials; how it ended."""
     current = prepare(request, console)
     settings = current.space.settings
     limits = RunLimits(
@@ -273,16 +273,16 @@ def run(
     )
     run_hooks = hooks_for(current, default_hooks() if hooks is None else hooks, progress)
     objective = Objective(current.space, current.data, run_hooks)
-    outcome = "failed"
+    outcome = Outcome.FAILED
     try:
         with progress:
             outcome = optimize(current.study, objective, run_hooks, limits)
     except KeyboardInterrupt:
-        outcome = "interrupted"
+        outcome = Outcome.INTERRUPTED
         raise
     finally:
         run_hooks.study_ended(current.study, outcome)
-    if outcome == "patience":
+    if outcome == Outcome.PATIENCE:
         current.console.print(f"Stopped early: {current.study.user_attrs[STOPPED]['reason']}.")
     finish(current, outcome)
     return outcome
@@ -293,10 +293,10 @@ def hooks_for(current: StudyRun, factories: Sequence[HookFactory], *first: Hooks
     return HookList([*first, *(make(current) for make in factories)])
 
 
-def finish(current: StudyRun, outcome: str) -> None:
+def finish(current: StudyRun, outcome: Outcome) -> None:
     """Print the top trials and paths, then export (unless this process is a worker)."""
     _report(current)
-    if current.request.export and current.request.worker == 0 and outcome != "failed":
+    if current.request.export and current.request.worker == 0 and outcome != Outcome.FAILED:
         _export(current)
 
 

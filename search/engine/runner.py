@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import keys
 from search.engine.objective import Objective
-from search.hooks import Hooks
+from search.hooks import Hooks, Outcome
 from search.keys import STOPPED, SURPLUS
 from search.study.resilient import StorageUnavailable
 from search.study.stopping import stagnation
@@ -84,13 +84,13 @@ def count_trials(study: optuna.Study) -> tuple[int, int]:
     return finished, len(trials) - finished
 
 
-def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: RunLimits) -> str:
+def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: RunLimits) -> Outcome:
     """Run trials until the target is reached or the time is up.
 
     Returns:
-        ``"done"`` when the study has its target of finished trials, ``"patience"`` when it
-        stopped improving (the reason is in the study user attribute `STOPPED`), ``"timeout"``
-        otherwise.
+        `Outcome.DONE` when the study has its target of finished trials, `Outcome.PATIENCE`
+        when it stopped improving (the reason is in the study user attribute `STOPPED`),
+        `Outcome.TIMEOUT` otherwise.
 
     Raises:
         TooManyFailures: After ``limits.max_failures`` failed trials in a row.
@@ -102,13 +102,13 @@ def optimize(study: optuna.Study, objective: Objective, hooks: Hooks, limits: Ru
         fail_stale_trials(study)
         finished, running = count_trials(study)
         if finished >= limits.target:
-            return "done"
+            return Outcome.DONE
         if deadline is not None and time.monotonic() >= deadline:
-            return "timeout"
+            return Outcome.TIMEOUT
         reason = stagnation(study, limits.patience)
         if reason is not None:
             study.set_user_attr(STOPPED, {"reason": reason, "finished": finished})
-            return "patience"
+            return Outcome.PATIENCE
         if finished + running >= limits.target:
             # Others are running the last trials; one may fail, or its worker die, and then
             # this process runs it again.

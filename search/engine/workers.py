@@ -28,6 +28,7 @@ from search.engine.prefork import HPO_COMMAND, ForkedProcess, Serve, Spare, can_
 from search.engine.progress import trial_line
 from search.engine.run import default_hooks, finish, hooks_for, prepare
 from search.engine.runner import count_trials
+from search.hooks import Outcome
 from search.study.stopping import stagnation
 from search.study.tables import summary_line, visible_trials
 from trainer.device import cpu_count
@@ -140,7 +141,7 @@ def start_workers(
 
 def run_workers(
     request: RunRequest, *, gpus: Sequence[str] | None = None, serve: Serve | None = None
-) -> str:
+) -> Outcome:
     """Run the study with ``request.workers`` processes; the parent watches and exports.
 
     Args:
@@ -164,13 +165,15 @@ def run_workers(
             spare.cancel()
 
 
-def _run_workers(request: RunRequest, plan: Sequence[dict[str, str]], spares: list[Spare]) -> str:
+def _run_workers(
+    request: RunRequest, plan: Sequence[dict[str, str]], spares: list[Spare]
+) -> Outcome:
     current = prepare(request)
     # The parent's hooks see no trial: they set up (the MLflow study run, before any worker
     # looks for it) and close the study (tables, plots, checkpoint sweep).
     run_hooks = hooks_for(current, default_hooks())
     workers: list[Worker] = []
-    outcome = "failed"
+    outcome = Outcome.FAILED
     try:
         with _stopping_signals_interrupt():
             workers.extend(start_workers(request, current, plan, spares))
@@ -183,7 +186,7 @@ def _run_workers(request: RunRequest, plan: Sequence[dict[str, str]], spares: li
     except BaseException as err:
         # Ctrl-C, or the parent gives up (its storage stayed away, an error of its own): its
         # workers, in process groups of their own, would go on without it.
-        outcome = "interrupted" if isinstance(err, KeyboardInterrupt) else outcome
+        outcome = Outcome.INTERRUPTED if isinstance(err, KeyboardInterrupt) else outcome
         _stop(workers)
         raise
     finally:
@@ -245,7 +248,7 @@ def _print_new_trials(current: StudyRun, seen: set[int]) -> None:
             current.console.print(line, soft_wrap=True, markup=False)
 
 
-def _outcome(current: StudyRun, workers: Sequence[Worker]) -> str:
+def _outcome(current: StudyRun, workers: Sequence[Worker]) -> Outcome:
     finished, _ = count_trials(current.study)
     timeout = current.request.timeout or current.space.settings.timeout
     codes = {w.index: w.process.returncode for w in workers}
@@ -253,13 +256,13 @@ def _outcome(current: StudyRun, workers: Sequence[Worker]) -> str:
     reason = stagnation(current.study, current.space.settings.patience_trials)
     if finished < current.target and reason:  # the workers stopped: the study stopped improving
         current.console.print(f"Stopped early: {reason}.")
-        return "patience"
+        return Outcome.PATIENCE
     return outcome_of(finished, current.target, codes, timed=timed, logs=logs)
 
 
 def outcome_of(
     finished: int, target: int, codes: dict[int, int], *, timed: bool, logs: Path
-) -> str:
+) -> Outcome:
     """What the workers' run came to, once every worker has exited.
 
     Args:
@@ -270,16 +273,16 @@ def outcome_of(
         logs: The folder of the workers' logs (named in the error).
 
     Returns:
-        ``"done"`` at the target; ``"timeout"`` short of it when every worker exited cleanly
+        `Outcome.DONE` at the target; `Outcome.TIMEOUT` short of it when every worker exited cleanly
         under a timeout (a worker returns short of the target only when its time is up).
 
     Raises:
         WorkersFailed: Short of the target otherwise.
     """
     if finished >= target:
-        return "done"
+        return Outcome.DONE
     if timed and all(code == 0 for code in codes.values()):
-        return "timeout"
+        return Outcome.TIMEOUT
     statuses = ", ".join(f"worker {index}: {code}" for index, code in codes.items())
     raise WorkersFailed(
         f"Every worker stopped with the study at {finished}/{target} trials ({statuses}); "

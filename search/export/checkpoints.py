@@ -32,7 +32,7 @@ from rich.console import Console
 from safetensors.torch import save
 
 from search import keys
-from search.hooks import Hooks
+from search.hooks import Hooks, Outcome
 
 if TYPE_CHECKING:
     from search.context import StudyRun
@@ -149,7 +149,7 @@ class CheckpointHook(Hooks):
         """Delete the checkpoints of every finished trial outside the top ``top_k``."""
         self.sweep(study)
 
-    def study_ended(self, study: optuna.Study, outcome: str) -> None:
+    def study_ended(self, study: optuna.Study, outcome: Outcome) -> None:
         """Sweep once more (an interrupted trial is failed only after its last hook call)."""
         self.sweep(study)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from search.hooks import Hooks
+from search.hooks import Hooks, Outcome
 from search.keys import PARENT_TAG, TRIAL_RUN_ATTR
 from search.study.splits import stored_folds
 from search.study.storage import on_stale_trial
@@ -200,7 +200,7 @@ class MlflowTracker(Hooks):
         tables = study_tables(study, self.run, plots=plots)
         self.guard(log_study_tables, self.client, self.study_run_id, tables)
 
-    def study_ended(self, study: optuna.Study, outcome: str) -> None:
+    def study_ended(self, study: optuna.Study, outcome: Outcome) -> None:
         """Close what an interruption left open, refresh the study run and set its status."""
         from optuna.trial import TrialState
 
@@ -217,8 +217,8 @@ class MlflowTracker(Hooks):
         stop_monitor(monitor)
         others = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if self.active and not others:  # the last worker to stop closes the study run
-            status = {"done": "FINISHED", "timeout": "FINISHED", "patience": "FINISHED"}
-            status["interrupted"] = "KILLED"
+            status = dict.fromkeys((Outcome.DONE, Outcome.TIMEOUT, Outcome.PATIENCE), "FINISHED")
+            status[Outcome.INTERRUPTED] = "KILLED"
             self.guard(self.client.set_terminated, self.study_run_id, status.get(outcome, "FAILED"))
         if self.active:
             line = address_line(self.uri, self.run.place.name, self.experiment_id)
