@@ -259,62 +259,60 @@ def run(
     hooks: Sequence[HookFactory] | None = None,
 ) -> Outcome:
     """Run the study to its target of finished trials; how it ended."""
-    current = prepare(request, console)
-    settings = current.space.settings
+    run = prepare(request, console)
+    settings = run.space.settings
     limits = RunLimits(
-        target=current.target,
+        target=run.target,
         timeout=request.timeout or settings.timeout,
         max_failures=settings.max_failures,
         poll_seconds=min(5.0, settings.heartbeat / 2),
         patience=settings.patience_trials,
     )
-    progress = Progress(
-        current.study, target=current.target, folds=settings.folds, console=current.console
-    )
-    run_hooks = hooks_for(current, default_hooks() if hooks is None else hooks, progress)
-    objective = Objective(current.space, current.data, run_hooks)
+    progress = Progress(run.study, target=run.target, folds=settings.folds, console=run.console)
+    run_hooks = hooks_for(run, default_hooks() if hooks is None else hooks, progress)
+    objective = Objective(run.space, run.data, run_hooks)
     outcome = Outcome.FAILED
     try:
         with progress:
-            outcome = optimize(current.study, objective, run_hooks, limits)
+            outcome = optimize(run.study, objective, run_hooks, limits)
     except KeyboardInterrupt:
         outcome = Outcome.INTERRUPTED
         raise
     finally:
-        run_hooks.study_ended(current.study, outcome)
+        run_hooks.study_ended(run.study, outcome)
     if outcome == Outcome.PATIENCE:
-        current.console.print(f"Stopped early: {current.study.user_attrs[STOPPED]['reason']}.")
-    finish(current, outcome)
+        run.console.print(f"Stopped early: {run.study.user_attrs[STOPPED]['reason']}.")
+    finish(run, outcome)
     return outcome
 
 
-def hooks_for(current: StudyRun, factories: Sequence[HookFactory], *first: Hooks) -> HookList:
+def hooks_for(run: StudyRun, factories: Sequence[HookFactory], *first: Hooks) -> HookList:
     """The hooks of a run: ``first`` (e.g. the progress view), then one per factory."""
-    return HookList([*first, *(make(current) for make in factories)])
+    return HookList([*first, *(make(run) for make in factories)])
 
 
-def finish(current: StudyRun, outcome: Outcome) -> None:
+def finish(run: StudyRun, outcome: Outcome) -> None:
     """Print the top trials and paths, then export (unless this process is a worker)."""
-    _report(current)
-    if current.request.export and current.request.worker == 0 and outcome != Outcome.FAILED:
-        _export(current)
+    _report(run)
+    if run.request.export and run.request.worker == 0 and outcome != Outcome.FAILED:
+        _export(run)
 
 
-def _export(current: StudyRun) -> None:
+def _export(run: StudyRun) -> None:
     from search.export.build import NothingToExport
     from search.export.study_export import export_study
 
     try:
-        export_study(current)
+        export_study(run)
     except NothingToExport as err:
-        current.console.print(f"No export: {err}")
+        run.console.print(f"No export: {err}")
 
 
-def _report(current: StudyRun) -> None:
-    console = current.console
-    console.print(trials_table(current.study, title=f"Top trials of study '{current.place.name}'"))
-    console.print(f"Study storage: {redact_url(current.place.storage_url)}")  # no password
-    console.print(f"Study folder:  {current.place.folder}")
-    note = holdout_note(current.space, len(current.table))
+def _report(run: StudyRun) -> None:
+    console = run.console
+    console.print(trials_table(run.study, title=f"Top trials of study '{run.place.name}'"))
+    console.print(f"Study storage: {redact_url(run.place.storage_url)}")  # no password
+    console.print(f"Study folder:  {run.place.folder}")
+    note = holdout_note(run.space, len(run.table))
     if note:  # beside the scores it is about
         console.print(f"[yellow]{note}[/yellow]")

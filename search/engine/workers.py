@@ -89,16 +89,16 @@ def pin_this_process(gpus: Sequence[str] | None) -> None:
 
 
 def worker_command(
-    request: RunRequest, current: StudyRun, index: int, env: dict[str, str]
+    request: RunRequest, run: StudyRun, index: int, env: dict[str, str]
 ) -> list[str]:
     """The `hpo run` command line of worker ``index`` (same study, storage and target)."""
     overrides = list(request.overrides)
     if "OMP_NUM_THREADS" in env:
         overrides.append(f"threads={env['OMP_NUM_THREADS']}")
     flags = [
-        f"--trials={current.target}",
-        f"--study={current.place.name}",
-        f"--storage={current.place.storage_url}",
+        f"--trials={run.target}",
+        f"--study={run.place.name}",
+        f"--storage={run.place.storage_url}",
         f"--worker-index={index}",
         "--no-export",
     ]
@@ -109,7 +109,7 @@ def worker_command(
 
 def start_workers(
     request: RunRequest,
-    current: StudyRun,
+    run: StudyRun,
     plan: Sequence[dict[str, str]],
     spares: Sequence[Spare] = (),
 ) -> Iterator[Worker]:
@@ -120,11 +120,11 @@ def start_workers(
     to its whole foreground group) then reaches only the parent, which passes it on once (see
     `_stop`). A worker interrupted twice could be cut short while it records its trial as failed.
     """
-    logs = current.place.folder / "logs"
+    logs = run.place.folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     for index, env in enumerate(plan):
         log = logs / f"worker-{index}.log"
-        command = worker_command(request, current, index, env)
+        command = worker_command(request, run, index, env)
         if spares:
             yield Worker(index, spares[index].start(command, env, log), log)
             continue
@@ -168,21 +168,21 @@ def run_workers(
 def _run_workers(
     request: RunRequest, plan: Sequence[dict[str, str]], spares: list[Spare]
 ) -> Outcome:
-    current = prepare(request)
+    run = prepare(request)
     # The parent's hooks see no trial: they set up (the MLflow study run, before any worker
     # looks for it) and close the study (tables, plots, checkpoint sweep).
-    run_hooks = hooks_for(current, default_hooks())
+    run_hooks = hooks_for(run, default_hooks())
     workers: list[Worker] = []
     outcome = Outcome.FAILED
     try:
         with _stopping_signals_interrupt():
-            workers.extend(start_workers(request, current, plan, spares))
-            current.console.print(
-                f"Started {len(workers)} workers on study '{current.place.name}'; logs in "
+            workers.extend(start_workers(request, run, plan, spares))
+            run.console.print(
+                f"Started {len(workers)} workers on study '{run.place.name}'; logs in "
                 f"{workers[0].log.parent}"
             )
-            watch(current, workers)
-        outcome = _outcome(current, workers)
+            watch(run, workers)
+        outcome = _outcome(run, workers)
     except BaseException as err:
         # Ctrl-C, or the parent gives up (its storage stayed away, an error of its own): its
         # workers, in process groups of their own, would go on without it.
@@ -190,8 +190,8 @@ def _run_workers(
         _stop(workers)
         raise
     finally:
-        run_hooks.study_ended(current.study, outcome)
-    finish(current, outcome)
+        run_hooks.study_ended(run.study, outcome)
+    finish(run, outcome)
     return outcome
 
 
@@ -221,43 +221,43 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def watch(
-    current: StudyRun, workers: Sequence[Worker], *, every: float = 2.0, exits: float = 0.2
+    run: StudyRun, workers: Sequence[Worker], *, every: float = 2.0, exits: float = 0.2
 ) -> None:
     """Print each trial as it finishes, whoever ran it, until every worker has exited.
 
     The storage is read every ``every`` seconds; the workers' exits are checked every
     ``exits`` seconds, so that the export starts as soon as the last worker is done.
     """
-    seen = {t.number for t in visible_trials(current.study) if t.state.is_finished()}
-    current.console.print(f"{current.place.name}: {summary_line(current.study, current.target)}")
+    seen = {t.number for t in visible_trials(run.study) if t.state.is_finished()}
+    run.console.print(f"{run.place.name}: {summary_line(run.study, run.target)}")
     looked = time.monotonic()
     while any(w.process.poll() is None for w in workers):
         time.sleep(exits)
         if time.monotonic() - looked >= every:
-            _print_new_trials(current, seen)
+            _print_new_trials(run, seen)
             looked = time.monotonic()
-    _print_new_trials(current, seen)  # those that ended since the last look
+    _print_new_trials(run, seen)  # those that ended since the last look
 
 
-def _print_new_trials(current: StudyRun, seen: set[int]) -> None:
-    for trial in visible_trials(current.study):
+def _print_new_trials(run: StudyRun, seen: set[int]) -> None:
+    for trial in visible_trials(run.study):
         if trial.state.is_finished() and trial.number not in seen:
             seen.add(trial.number)
-            summary = f"  |  {summary_line(current.study, current.target)}"
-            line = trial_line(trial, width=current.console.width, suffix=summary)
-            current.console.print(line, soft_wrap=True, markup=False)
+            summary = f"  |  {summary_line(run.study, run.target)}"
+            line = trial_line(trial, width=run.console.width, suffix=summary)
+            run.console.print(line, soft_wrap=True, markup=False)
 
 
-def _outcome(current: StudyRun, workers: Sequence[Worker]) -> Outcome:
-    finished, _ = count_trials(current.study)
-    timeout = current.request.timeout or current.space.settings.timeout
+def _outcome(run: StudyRun, workers: Sequence[Worker]) -> Outcome:
+    finished, _ = count_trials(run.study)
+    timeout = run.request.timeout or run.space.settings.timeout
     codes = {w.index: w.process.returncode for w in workers}
     timed, logs = timeout is not None, workers[0].log.parent
-    reason = stagnation(current.study, current.space.settings.patience_trials)
-    if finished < current.target and reason:  # the workers stopped: the study stopped improving
-        current.console.print(f"Stopped early: {reason}.")
+    reason = stagnation(run.study, run.space.settings.patience_trials)
+    if finished < run.target and reason:  # the workers stopped: the study stopped improving
+        run.console.print(f"Stopped early: {reason}.")
         return Outcome.PATIENCE
-    return outcome_of(finished, current.target, codes, timed=timed, logs=logs)
+    return outcome_of(finished, run.target, codes, timed=timed, logs=logs)
 
 
 def outcome_of(
