@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 
 from search import keys
-from search.export.checkpoints import oof_path, top_trials, trial_dir, weights_path
+from search.export.checkpoints import oof_path, top_trials, weights_path
 from search.export.onnx_model import OnnxCheck, write_onnx
 from search.export.report import ExportScores, best_space_text, flat_metrics, markdown, show
 from search.export.scoring import (
@@ -32,6 +32,7 @@ from search.export.selection import Selection, select
 from search.export.source import StudySource
 from search.space.settings import ENSEMBLES
 from search.space.spacefile import load_space
+from search.study.folder import trial_dir
 from search.study.plots import save_figures, study_figures
 from search.study.splits import holdout_indices, stored_folds
 from trainer import metrics

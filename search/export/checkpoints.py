@@ -33,6 +33,7 @@ from safetensors.torch import save
 
 from search import keys
 from search.hooks import Hooks, Outcome
+from search.study.folder import trial_dir, trials_dir
 
 if TYPE_CHECKING:
     from search.context import StudyRun
@@ -41,16 +42,6 @@ if TYPE_CHECKING:
 
 # Trials whose folder must stay whatever their value: they may still finish well.
 _ALIVE = (TrialState.RUNNING, TrialState.WAITING)
-
-
-def trials_dir(study_folder: Path) -> Path:
-    """Where the trial folders of a study live."""
-    return Path(study_folder) / "trials"
-
-
-def trial_dir(study_folder: Path, number: int) -> Path:
-    """The checkpoint folder of trial ``number``."""
-    return trials_dir(study_folder) / str(number)
 
 
 def weights_path(folder: Path, fold: int) -> Path:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from search.export.checkpoints import load_oof, trial_dir
+from search.export.checkpoints import load_oof
 from search.export.report import Row, Scores, measure
 from search.export.selection import Selection, combine
+from search.study.folder import trial_dir
 from trainer import metrics
 from trainer.inference.ensemble import Ensemble
 

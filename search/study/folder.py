@@ -134,3 +134,13 @@ def _shown(folder: Path) -> str:
         return f"{Path(folder).relative_to(Path.cwd())}/"
     except ValueError:
         return f"{folder}/"
+
+
+def trials_dir(study_folder: Path) -> Path:
+    """Where the trial folders of a study live."""
+    return Path(study_folder) / "trials"
+
+
+def trial_dir(study_folder: Path, number: int) -> Path:
+    """The checkpoint folder of trial ``number``."""
+    return trials_dir(study_folder) / str(number)

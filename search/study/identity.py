@@ -13,12 +13,15 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+from rich.console import Console
 
 from search import keys
+from search.console import make_console
 from search.space.spacefile import Space
 from search.study.pruning import Rungs, build_pruner
 from search.study.samplers import build_sampler
-from search.study.splits import new_folds, splits_id
+from search.study.splits import new_folds, resolve_holdout, splits_id
 from search.study.storage import StudyError, StudyPlace
 from trainer.config import DIRECTIONS
 from trainer.sources import ImageTable
@@ -136,3 +139,57 @@ def _changed_keys(before: dict[str, Any], after: dict[str, Any]) -> str:
 def _jsonish(value: Any) -> Any:
     # Stored identities went through JSON: tuples became lists.
     return json.loads(json.dumps(value, default=list)) if value is not None else None
+
+
+# Trials that make a study worth keeping as it is (see `forget_unfinished`).
+_KEPT = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def as_stored(
+    storage: BaseStorage,
+    place: StudyPlace,
+    space: Space,
+    table: ImageTable,
+    console: Console | None,
+) -> Space:
+    """``space`` with the holdout the study stores, after `forget_unfinished`."""
+    resolved = resolve_holdout(storage, place, space, table)
+    if not forget_unfinished(storage, place, resolved, table, console):
+        return resolved
+    return resolve_holdout(storage, place, space, table)  # a new study's default
+
+
+def forget_unfinished(
+    storage: BaseStorage,
+    place: StudyPlace,
+    space: Space,
+    table: ImageTable,
+    console: Console | None,
+) -> bool:
+    """Delete the stored study if it has another space or data and no trial finished or running.
+
+    A study's identity (space, data, folds) is stored when it is created, before its first
+    trial. A start that failed before any trial finished (a wrong setting found in trial 0)
+    would otherwise lock it, and the corrected command would be refused as "a different search
+    space"; the failed trials of that start are about a setup the user has since changed.
+
+    Returns:
+        Whether a study was deleted.
+    """
+    try:
+        study_id = storage.get_study_id_from_name(place.name)
+    except KeyError:
+        return False
+    stored = storage.get_study_user_attrs(study_id)
+    if keys.FINGERPRINT_ATTR not in stored or (
+        stored[keys.FINGERPRINT_ATTR] == space.fingerprint()
+        and stored.get(keys.CONTENT_ID_ATTR) == table.content_id
+    ):
+        return False
+    if storage.get_all_trials(study_id, deepcopy=False, states=_KEPT):
+        return False
+    optuna.delete_study(study_name=place.name, storage=storage)
+    (console or make_console()).print(
+        f"Study '{place.name}' had no finished trial: it starts again with this space and data."
+    )
+    return True

@@ -11,14 +11,18 @@ differently in both spaces (epochs, image size, metric, ...).
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
+from rich.console import Console
 
 from search import keys
 from search.keys import (
+    BASELINE,
     DIVERGED,
     EPOCHS,
     FOLD_SCORES,
@@ -31,8 +35,9 @@ from search.keys import (
     WARM_STARTED,
 )
 from search.space.spacefile import HARDWARE_FIELDS, Space
+from search.study.folder import check_owner, trial_dir
 from search.study.pruning import Rungs
-from search.study.storage import StudyError
+from search.study.storage import StudyError, StudyPlace, load_hpo_study
 from trainer.config import TrainConfig
 
 _KEPT = (FOLD_SCORES, SCORE_STD, EPOCHS, SECONDS, PRUNED_REASON, PRUNED_AT, DIVERGED, "config")
@@ -175,3 +180,65 @@ def warm_start(study: optuna.Study, source: optuna.Study, name: str, space: Spac
         copied[trial.number] = study.get_trials(deepcopy=False)[-1].number
     study.set_user_attr(WARM_STARTED, {**done, name: len(copied)})
     return WarmStart(name, copied, skipped)
+
+
+# --- what a study starts from -----------------------------------------------------------------
+
+
+def seed_trials(
+    study: optuna.Study,
+    space: Space,
+    place: StudyPlace,
+    console: Console,
+    *,
+    warm_start: str | None,
+    storage: str | None,
+) -> None:
+    """What a study starts from: the finished trials of study ``warm_start`` (in ``storage``,
+    None for the default place), then the space's baselines."""
+    if warm_start:
+        copy_trials(warm_start, storage, study, space, place, console)
+    queued = enqueue_baselines(study, space.settings.baselines)
+    if queued:
+        console.print(f"Queued {queued} baseline configurations of the space file to run first.")
+
+
+def enqueue_baselines(study: optuna.Study, baselines: Sequence[dict[str, Any]]) -> int:
+    """Queue ``baselines`` to run next; one the study already has (any state) is skipped."""
+    waiting = (TrialState.WAITING,)
+    before = len(study.get_trials(deepcopy=False, states=waiting))
+    for index, params in enumerate(baselines):
+        study.enqueue_trial(dict(params), user_attrs={BASELINE: index}, skip_if_exists=True)
+    return len(study.get_trials(deepcopy=False, states=waiting)) - before
+
+
+def copy_trials(
+    name: str,
+    storage: str | None,
+    study: optuna.Study,
+    space: Space,
+    place: StudyPlace,
+    console: Console,
+) -> None:
+    """``--warm-start NAME``: copy that study's finished trials (and checkpoints) into this one.
+
+    Raises:
+        StudyError: No such study, this study itself, or one whose scores would not compare.
+    """
+    source_place = StudyPlace.of(name, storage)  # the same storage as this study's
+    if source_place.name == place.name:
+        raise StudyError(f"--warm-start {name} names the study being run; name another study.")
+    source = load_hpo_study(source_place)
+    check_owner(source, source_place)  # its folder's checkpoints must be its own
+    done = warm_start(study, source, name, space)
+    if done.already:
+        console.print(f"Warm start: the trials of study '{name}' were copied in an earlier run.")
+        return
+    for old, new in done.copied.items():
+        folder = trial_dir(source_place.folder, old)
+        if folder.is_dir():  # the other study's best trials keep checkpoints: export can use them
+            shutil.copytree(folder, trial_dir(place.folder, new), dirs_exist_ok=True)
+    console.print(
+        f"Warm start: copied {len(done.copied)} finished trials of study '{name}' "
+        f"({done.skipped} lie outside this space); they count toward --trials."
+    )

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 
 from search.export import checkpoints
-from search.export.checkpoints import CheckpointHook, load_oof, oof_path, trial_dir, weights_path
+from search.export.checkpoints import CheckpointHook, load_oof, oof_path, weights_path
+from search.study.folder import trial_dir
 from trainer.config import TrainConfig
 from trainer.types import FoldResult
 

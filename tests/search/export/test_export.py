@@ -18,12 +18,13 @@ from search.cli.export import add_parser
 from search.context import RunRequest
 from search.engine.run import prepare
 from search.export.build import NothingToExport
-from search.export.checkpoints import load_oof, top_trials, trial_dir
+from search.export.checkpoints import load_oof, top_trials
 from search.export.report import Scores, flat_metrics, measure
 from search.export.selection import combine, select
 from search.export.source import stored_settings
 from search.export.study_export import export_from_storage
 from search.space.spacefile import load_space
+from search.study.folder import trial_dir
 from search.study.splits import holdout_indices, stored_folds
 from search.study.storage import StudyError
 from tests.support.export_study import OVERRIDES, SPACE, DigitsStudy
@@ -85,7 +86,8 @@ import optuna
 from trainer.cache import cached_images
 from trainer.inference.ensemble import Ensemble, Manifest
 from trainer.sources import load_table
-from search.export.checkpoints import load_oof, trial_dir
+from search.export.checkpoints import load_oof
+from search.study.folder import trial_dir
 
 ensemble = Ensemble.load({str(digits.top1)!r}, device="cpu")
 specs = Manifest.read({str(digits.top1)!r}).members

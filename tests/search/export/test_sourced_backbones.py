@@ -19,7 +19,8 @@ from huggingface_hub import constants as hub_constants
 from PIL import Image
 
 from search.cli.main import main
-from search.export.checkpoints import load_oof, trial_dir
+from search.export.checkpoints import load_oof
+from search.study.folder import trial_dir
 from trainer.cache import cached_images
 from trainer.config import TrainConfig
 from trainer.inference.ensemble import Ensemble, Manifest
