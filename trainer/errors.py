@@ -22,6 +22,6 @@ class DataError(UserError):
 class ExportError(UserError):
     """An export that cannot be built or loaded; the message names the file or study and the fix.
 
-    The one base of the export's errors: `search.export.build.NothingToExport` (no trial to
+    The one base of the export's errors: `search.export.candidates.NothingToExport` (no trial to
     build from) and `search.export.onnx_model.OnnxExportError` (an unusable ensemble.onnx).
     """

@@ -147,7 +147,7 @@ def finish(run: StudyRun, outcome: Outcome) -> None:
 
 
 def _export(run: StudyRun) -> None:
-    from search.export.build import NothingToExport
+    from search.export.candidates import NothingToExport
     from search.export.study_export import export_study
 
     try:

@@ -1,25 +1,27 @@
-"""Building an export: choose the members, copy their weights, score, write ONNX, publish.
+"""Building an export folder: from the candidate trials (`search.export.candidates`) the
+members are chosen and copied (`search.export.members`), scored, written as ONNX, described in
+best_space.py and report.md, and the folder is swapped in whole.
 
 See `search.export.study_export` for what an export holds and the entry points that use this
-module (with `search.export.source` for what it reads); this one imports the whole trainer, so
-the `hpo` command imports it (through those entry points) only when it exports.
+module (with `search.export.source` for what it reads, and `search.export.publish` for MLflow);
+this one imports the whole trainer, so the `hpo` command imports it (through those entry
+points) only when it exports.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 from optuna.trial import FrozenTrial
-from rich.console import Console
 
 from search import keys
-from search.export.checkpoints import oof_path, top_trials, weights_path
+from search.export.candidates import best_alone, candidate_trials, ensemble_mode, metric_of
+from search.export.members import trial_members, write_members
 from search.export.onnx_model import OnnxCheck, write_onnx
-from search.export.report import ExportScores, best_space_text, flat_metrics, markdown, show
+from search.export.report import ExportScores, best_space_text, markdown
 from search.export.scoring import (
     CrossValidated,
     Holdout,
@@ -30,25 +32,15 @@ from search.export.scoring import (
 )
 from search.export.selection import Selection, select
 from search.export.source import StudySource
-from search.space.settings import ENSEMBLES
 from search.space.spacefile import load_space
-from search.study.folder import trial_dir
 from search.study.plots import save_figures, study_figures
 from search.study.splits import holdout_indices, stored_folds
-from trainer import metrics
 from trainer.augment import tta_views
 from trainer.config import TrainConfig
 from trainer.device import pick_device
-from trainer.errors import ConfigError, ExportError
-from trainer.inference.ensemble import Ensemble, Manifest, MemberSpec, file_sha256, load_member
-from trainer.models import build_model, normalization, resolve_architecture
+from trainer.inference.ensemble import Ensemble, Manifest, load_member
 
-MEMBERS = "members"
 FIGURES = "figures"  # the study's plots, linked from report.md
-
-
-class NothingToExport(ExportError):
-    """The study has no complete trial (or none with checkpoints) to build an ensemble from."""
 
 
 @dataclass(frozen=True)
@@ -65,23 +57,6 @@ class ExportResult:
     model_uri: str | None = None
     champion: bool = False
     previous: Path | None = None  # where the export it replaced is kept
-
-
-def export(
-    source: StudySource,
-    *,
-    top_k: int | None,
-    tta: str | None,
-    console: Console,
-    mlflow: bool,
-    ensemble: str | None = None,
-) -> ExportResult:
-    """Build the export, print its scores and, if asked, log it to MLflow."""
-    result = build_export(source, top_k=top_k, tta=tta, ensemble=ensemble)
-    show(result.scores, console, folder=result.folder, manifest=result.manifest)
-    if result.previous is not None:
-        console.print(f"The export it replaced is kept in {result.previous} (one generation).")
-    return log_to_mlflow(result, source.study, console) if mlflow else result
 
 
 # --- building ----------------------------------------------------------------------------------
@@ -105,17 +80,17 @@ def build_export(
     """
     tta = tta or source.settings.tta
     tta_views(tta)  # a wrong mode fails before any work
-    mode = _mode(ensemble or source.settings.ensemble)
-    candidates = _chosen(source, 1 if mode == "best" else top_k or source.settings.top_k)
-    folds, metric = source.settings.folds, _metric(candidates)
+    mode = ensemble_mode(ensemble or source.settings.ensemble)
+    candidates = candidate_trials(source, 1 if mode == "best" else top_k or source.settings.top_k)
+    folds, metric = source.settings.folds, metric_of(candidates)
     numbers = [t.number for t in candidates]
     cv = cross_validated(source.place.folder, numbers, folds)
-    chosen = select(cv.probs, cv.labels, metric) if mode == "select" else _alone(cv, metric)
+    chosen = select(cv.probs, cv.labels, metric) if mode == "select" else best_alone(cv, metric)
     target = source.place.export_dir
     staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        manifest = _write_members(source, candidates, chosen.counts, staging, tta, mode)
+        manifest = write_members(source, candidates, chosen.counts, staging, tta, mode)
         scores = _score(source, candidates, chosen, cv, mode, tta)
         check = _write_onnx(staging, source, metric)
         _write_best_space(staging / "best_space.py", source, candidates[0], tta)
@@ -132,123 +107,6 @@ def build_export(
     )
 
 
-def _mode(ensemble: str) -> str:
-    if ensemble not in ENSEMBLES:
-        allowed = ", ".join(repr(mode) for mode in ENSEMBLES)
-        raise ConfigError(f"ensemble={ensemble!r} is not one of {allowed}; use one of those.")
-    return ensemble
-
-
-def _alone(cv: CrossValidated, metric: str) -> Selection:
-    """The best trial on its own (``ensemble="best"``)."""
-    score = metrics.score(metric, cv.labels, cv.probs[0])
-    return Selection(counts=(1,), score=score, scores=(score,))
-
-
-def _chosen(source: StudySource, top_k: int) -> list[FrozenTrial]:
-    name = source.place.name
-    trials = top_trials(source.study, top_k)
-    if not trials:
-        raise NothingToExport(
-            f"Study '{name}' has no complete trial yet (pruned and failed trials have no "
-            "ensemble); run `hpo run` until one completes, then export."
-        )
-    kept = next((i for i, t in enumerate(trials) if not _has_checkpoints(source, t)), None)
-    if kept == 0:
-        folder = trial_dir(source.place.folder, trials[0].number)
-        raise NothingToExport(
-            f"The best trial ({trials[0].number}) of study '{name}' has no fold checkpoints in "
-            f"{folder} (deleted, or not written: see its checkpoint_error); run `hpo run` with "
-            "more trials so that a trial with checkpoints becomes the best."
-        )
-    if kept is not None:
-        raise NothingToExport(
-            f"Only the {kept} best trials of study '{name}' still have their fold checkpoints "
-            f"(a study keeps them for its top_k best trials); export with --top-k {kept}, "
-            f"or set top_k={top_k} in the space file before running."
-        )
-    return trials
-
-
-def _has_checkpoints(source: StudySource, trial: FrozenTrial) -> bool:
-    folder = trial_dir(source.place.folder, trial.number)
-    return all(oof_path(folder, k).is_file() for k in range(source.settings.folds))
-
-
-def _write_members(
-    source: StudySource,
-    trials: list[FrozenTrial],
-    counts: tuple[int, ...],
-    staging: Path,
-    tta: str,
-    mode: str,
-) -> Manifest:
-    """Copy the chosen trials' fold weights; a trial's share of the vote is split over its folds."""
-    (staging / MEMBERS).mkdir(parents=True)
-    classes = tuple(source.study.user_attrs[keys.CLASSES_ATTR])
-    total = sum(counts)
-    specs = []
-    for trial, count in zip(trials, counts, strict=True):
-        if count:
-            share = count / total / source.settings.folds
-            specs += _trial_members(source, trial, len(classes), share, staging)
-    info = {
-        "study": source.place.name,
-        "metric": _metric(trials),
-        "trials": [t.number for t, c in zip(trials, counts, strict=True) if c],
-        "ensemble": {
-            "mode": mode,
-            "candidates": [t.number for t in trials],
-            "counts": list(counts),
-        },
-    }
-    manifest = Manifest(classes, tuple(specs), tta=tta, info=info)
-    manifest.write(staging)
-    return manifest
-
-
-def _trial_members(
-    source: StudySource, trial: FrozenTrial, classes: int, weight: float, staging: Path | None
-) -> list[MemberSpec]:
-    """The fold models of ``trial``: copied into ``staging``, or read where they are (None)."""
-    config = TrainConfig(**trial.user_attrs[keys.CONFIG_ATTR])
-    # Stored so that the export predicts without the hub or folder an hf-hub: or local-dir:
-    # backbone came from (timm reads its config.json even without weights).
-    architecture = resolve_architecture(config.backbone)
-    # The normalisation the trainer used; building without weights downloads nothing.
-    model = build_model(config.replace(pretrained=False), classes, architecture=architecture)
-    mean, std = normalization(model)
-    specs = []
-    for fold in range(source.settings.folds):
-        name = f"trial{trial.number}-fold{fold}"
-        checkpoint = weights_path(trial_dir(source.place.folder, trial.number), fold)
-        if staging is None:
-            where, digest = str(checkpoint), ""
-        else:
-            copy = staging / MEMBERS / f"{name}.safetensors"
-            shutil.copyfile(checkpoint, copy)
-            where, digest = f"{MEMBERS}/{copy.name}", file_sha256(copy)
-        specs.append(
-            MemberSpec(
-                name,
-                where,
-                config.to_dict(),
-                mean,
-                std,
-                digest,
-                trial=trial.number,
-                fold=fold,
-                architecture=architecture,
-                weight=weight,
-            )
-        )
-    return specs
-
-
-def _metric(trials: list[FrozenTrial]) -> str:
-    return str(trials[0].user_attrs[keys.CONFIG_ATTR]["metric"])
-
-
 def _score(
     source: StudySource,
     candidates: list[FrozenTrial],
@@ -262,7 +120,7 @@ def _score(
     if candidates[0] not in shown:
         shown.append(candidates[0])
     classes = len(source.study.user_attrs[keys.CLASSES_ATTR])
-    specs = [spec for t in shown for spec in _trial_members(source, t, classes, 1.0, None)]
+    specs = [spec for t in shown for spec in trial_members(source, t, classes, 1.0, None)]
     folder = Path(source.place.folder)
     members = [load_member(folder, spec, classes, pick_device(None)) for spec in specs]
     scoring = Ensemble(members, classes=source.study.user_attrs[keys.CLASSES_ATTR])
@@ -277,11 +135,11 @@ def _score(
         cv=cv,
         scored=scored,
         holdout=holdout,
-        metric=_metric(candidates),
+        metric=metric_of(candidates),
     )
     return ExportScores(
         study=source.place.name,
-        metric=_metric(candidates),
+        metric=metric_of(candidates),
         mode=mode,
         candidates=tuple(t.number for t in candidates),
         values=tuple(float(t.value) for t in candidates),
@@ -343,28 +201,6 @@ def _publish(staging: Path, target: Path) -> Path | None:
     shutil.rmtree(previous_export(target), ignore_errors=True)
     os.replace(old, previous_export(target))
     return previous_export(target)
-
-
-def log_to_mlflow(result: ExportResult, study: optuna.Study, console: Console) -> ExportResult:
-    """Log and register the export in MLflow; a failure costs one line, never the export;
-    the version becomes ``champion`` when its out-of-fold score wins (the holdout is a report)."""
-    from search.export.mlflow_model import champion_line, failure_line, log_ensemble, scored
-
-    headline = scored(result.scores)
-    try:
-        logged = log_ensemble(
-            result.folder,
-            study_name=result.study,
-            run_id=study.user_attrs.get(keys.STUDY_RUN_ATTR),
-            metrics=flat_metrics(result.scores),
-            headline=headline,
-        )
-    except Exception as err:  # the export on disk is complete; MLflow only holds a copy
-        line = failure_line(err, folder=result.folder, study=result.study)
-        console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
-        return result
-    console.print(champion_line(logged, headline, study=result.study, folder=result.folder))
-    return replace(result, model_uri=logged.uri, champion=logged.champion)
 
 
 # --- best_space.py ---

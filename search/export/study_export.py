@@ -17,8 +17,9 @@ models (``"best"``). The out-of-fold scores are shown as "CV (optimistic)": epoc
 weights were chosen on them. The headline is the score on the holdout split, which no trial
 ever saw, when the study has one.
 
-This module holds the two entry points; the work happens in `search.export.build` (and the
-texts in `search.export.report`).
+This module holds the entry points; the work happens in `search.export.build` (the members in
+`search.export.candidates` and `search.export.members`, the texts in `search.export.report`,
+the MLflow model in `search.export.publish`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from search.console import make_console
-from search.export.build import ExportResult, export
-from search.export.source import run_source, storage_source
+from search.export.build import ExportResult, build_export
+from search.export.publish import log_to_mlflow
+from search.export.report import show
+from search.export.source import StudySource, run_source, storage_source
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -90,3 +93,20 @@ def export_from_storage(
     log = source.settings.tracking == "mlflow" if mlflow is None else mlflow
     console = console or make_console(stderr=False)
     return export(source, top_k=top_k, tta=tta, ensemble=ensemble, console=console, mlflow=log)
+
+
+def export(
+    source: StudySource,
+    *,
+    top_k: int | None,
+    tta: str | None,
+    console: Console,
+    mlflow: bool,
+    ensemble: str | None = None,
+) -> ExportResult:
+    """Build the export, print its scores and, if asked, log it to MLflow."""
+    result = build_export(source, top_k=top_k, tta=tta, ensemble=ensemble)
+    show(result.scores, console, folder=result.folder, manifest=result.manifest)
+    if result.previous is not None:
+        console.print(f"The export it replaced is kept in {result.previous} (one generation).")
+    return log_to_mlflow(result, source.study, console) if mlflow else result

@@ -17,7 +17,7 @@ from rich.console import Console
 from search.cli.export import add_parser
 from search.context import RunRequest
 from search.engine.run import prepare
-from search.export.build import NothingToExport
+from search.export.candidates import NothingToExport
 from search.export.checkpoints import load_oof, top_trials
 from search.export.report import Scores, flat_metrics, measure
 from search.export.selection import combine, select

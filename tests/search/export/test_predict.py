@@ -18,10 +18,11 @@ from PIL import Image
 from rich.console import Console
 
 from search.cli.predict import add_parser
-from search.export.build import ExportResult, log_to_mlflow
+from search.export.build import ExportResult
 from search.export.mlflow_model import Headline, log_ensemble
 from search.export.onnx_model import OnnxCheck
 from search.export.predict import PredictInputError
+from search.export.publish import log_to_mlflow
 from search.export.report import ExportScores, Row, Scores
 from search.study.splits import holdout_indices, stored_folds
 from trainer.cache import cached_images
