@@ -81,7 +81,7 @@ def one_seed(root: Path, data: Path, seed: int, args) -> dict[str, float]:
     """Run and export one study; the holdout and CV scores of its export's rows."""
     from search.engine.run import RunRequest, run
     from search.export.checkpoints import checkpoint_hook
-    from search.export.study_export import export_from_storage
+    from search.export.entry_points import export_from_storage
 
     folder = fresh_dir(root / f"seed{seed}")
     space = folder / "selection.py"

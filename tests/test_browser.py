@@ -23,7 +23,7 @@ from search.context import RunRequest
 from search.engine.run import run
 from search.tracking.server import free_port, start_server, stop_server
 from search.tracking.tracker import tracking_hook
-from search.tracking.view import VIEW_TAG, runs_address
+from search.tracking.ui_address import VIEW_TAG, runs_address
 from tests.support.tracking import Saboteur, quiet, write_space
 
 pytestmark = pytest.mark.slow

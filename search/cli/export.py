@@ -12,7 +12,7 @@ TTA_HELP = "none, hflip, flip4 or d4"
 
 def cmd_export(args: argparse.Namespace) -> int:
     """`hpo export STUDY`: write studies/STUDY/export and print its scores."""
-    from search.export.study_export import export_from_storage
+    from search.export.entry_points import export_from_storage
 
     export_from_storage(
         args.study,

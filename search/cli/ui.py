@@ -5,7 +5,8 @@ The store is the one `hpo run` uses: ``MLFLOW_TRACKING_URI`` if set, else MLflow
 bound to loopback unless ``--host`` says otherwise; a tracking server is already running, so
 only its address is printed. The address printed is the study's runs table with the "Model
 training" view, because MLflow's plain experiment page opens in its GenAI view, and it lists the
-study's trials best first with their parameters and score as columns (see `search.tracking.view`).
+study's trials best first with their parameters and score as columns (see
+`search.tracking.ui_address`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from search.tracking.server import (
     stop_signals_interrupt,
     visible_host,
 )
-from search.tracking.view import UI_PORT, VIEW_TAG, runs_address
+from search.tracking.ui_address import UI_PORT, VIEW_TAG, runs_address
 
 _REMOTE = ("http://", "https://")
 

@@ -148,7 +148,7 @@ def finish(run: StudyRun, outcome: Outcome) -> None:
 
 def _export(run: StudyRun) -> None:
     from search.export.candidates import NothingToExport
-    from search.export.study_export import export_study
+    from search.export.entry_points import export_study
 
     try:
         export_study(run)

@@ -2,10 +2,10 @@
 members are chosen and copied (`search.export.members`), scored, written as ONNX, described in
 best_space.py and report.md, and the folder is swapped in whole.
 
-See `search.export.study_export` for what an export holds and the entry points that use this
-module (with `search.export.source` for what it reads, and `search.export.publish` for MLflow);
-this one imports the whole trainer, so the `hpo` command imports it (through those entry
-points) only when it exports.
+See `search.export.entry_points` for what an export holds and the entry points that use this
+module (with `search.export.study_source` for what it reads, and `search.export.publish` for
+MLflow); this one imports the whole trainer, so the `hpo` command imports it (through those
+entry points) only when it exports.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from search.export.scoring import (
     scored_members,
 )
 from search.export.selection import Selection, select
-from search.export.source import StudySource
+from search.export.study_source import StudySource
 from search.space.spacefile import load_space
 from search.study.plots import save_figures, study_figures
 from search.study.splits import holdout_indices, stored_folds

@@ -9,7 +9,7 @@ from search import keys
 from search.export.checkpoints import oof_path, top_trials
 from search.export.scoring import CrossValidated
 from search.export.selection import Selection
-from search.export.source import StudySource
+from search.export.study_source import StudySource
 from search.space.settings import ENSEMBLES
 from search.study.folder import trial_dir
 from trainer import metrics

@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial
 from search import keys
 from search.export.candidates import metric_of
 from search.export.checkpoints import weights_path
-from search.export.source import StudySource
+from search.export.study_source import StudySource
 from search.study.folder import trial_dir
 from trainer.config import TrainConfig
 from trainer.inference.ensemble import Manifest, MemberSpec, file_sha256

@@ -96,7 +96,7 @@ def log_ensemble(
     """Log the export as a pyfunc model, with its scores, and register it as ``study_name``.
 
     Args:
-        export_dir: The export folder (see `search.export.study_export`).
+        export_dir: The export folder (see `search.export.entry_points`).
         study_name: The study; the registered model's name and, without ``run_id``, the name
             of the MLflow experiment.
         run_id: The study's MLflow run (study user attribute ``hpo.mlflow_run_id``); when

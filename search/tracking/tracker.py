@@ -1,7 +1,7 @@
 """MLflow tracking of a study: one experiment per study, runs nested study -> trial -> fold.
 
 `MlflowTracker` is the hook that decides what is logged when. Which run is the study's is
-settled in `search.tracking.election`; a trial's and its folds' runs are written by
+settled in `search.tracking.study_run`; a trial's and its folds' runs are written by
 `search.tracking.runs`, on the background thread of `search.tracking.writer`, whose guard turns
 tracking off at the first MLflow error (the study goes on). What is written (tags, metric names,
 files, figures) is in `search.tracking.artifacts` and `search.tracking.figures`.
@@ -18,7 +18,6 @@ from search.study.splits import stored_folds
 from search.study.storage import on_stale_trial
 from search.tracking import artifacts as content
 from search.tracking.dataset import dataset_input, log_dataset
-from search.tracking.election import StudyRunElection, local_store_lock
 from search.tracking.runs import (
     TrialRuns,
     best_so_far,
@@ -26,8 +25,9 @@ from search.tracking.runs import (
     log_study_tables,
     study_tables,
 )
+from search.tracking.study_run import StudyRunElection, local_store_lock
 from search.tracking.system import start_monitor, stop_monitor
-from search.tracking.view import address_line
+from search.tracking.ui_address import address_line
 from search.tracking.writer import Guard, Writer, prepare_mlflow
 
 if TYPE_CHECKING:

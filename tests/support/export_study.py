@@ -12,7 +12,7 @@ import optuna
 from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.export.checkpoints import checkpoint_hook
-from search.export.study_export import export_study
+from search.export.entry_points import export_study
 
 SPACE = "from search.space import loguniform\n\nlr = loguniform(3e-3, 1e-2)\n"
 OVERRIDES = (

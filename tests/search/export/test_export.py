@@ -19,10 +19,10 @@ from search.context import RunRequest
 from search.engine.run import prepare
 from search.export.candidates import NothingToExport
 from search.export.checkpoints import load_oof, top_trials
+from search.export.entry_points import export_from_storage
 from search.export.report import Scores, flat_metrics, measure
 from search.export.selection import combine, select
-from search.export.source import stored_settings
-from search.export.study_export import export_from_storage
+from search.export.study_source import stored_settings
 from search.space.spacefile import load_space
 from search.study.folder import trial_dir
 from search.study.splits import holdout_indices, stored_folds

@@ -11,7 +11,7 @@ from PIL import Image
 from rich.console import Console
 
 from search.engine.run import RunRequest, prepare
-from search.export.source import storage_source
+from search.export.study_source import storage_source
 from search.study.storage import StudyError
 
 SPACE = "backbone = 'test_vit'\nimage_size = 32\nfolds = 2\ntracking = 'none'\nholdout = 0.0\n"

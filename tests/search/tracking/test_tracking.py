@@ -40,7 +40,7 @@ from search.tracking.artifacts import outcome_tags, run_status
 from search.tracking.dataset import image_frame
 from search.tracking.runs import TrialRuns, close_stale_run, close_stale_trial_run
 from search.tracking.tracker import MlflowTracker, tracking_hook
-from search.tracking.view import VIEW_TAG
+from search.tracking.ui_address import VIEW_TAG
 from search.tracking.writer import Guard, prepare_mlflow, stopped_message
 from tests.support.tracking import Saboteur, quiet, write_space
 from trainer.sources import ImageTable

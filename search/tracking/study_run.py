@@ -19,7 +19,7 @@ from filelock import FileLock
 
 from search import keys
 from search.tracking import artifacts as content
-from search.tracking.view import VIEW_TAG, trials_view
+from search.tracking.ui_address import VIEW_TAG, trials_view
 
 if TYPE_CHECKING:
     import optuna

@@ -30,7 +30,7 @@ from search.console import make_console
 from search.export.build import ExportResult, build_export
 from search.export.publish import log_to_mlflow
 from search.export.report import show
-from search.export.source import StudySource, run_source, storage_source
+from search.export.study_source import StudySource, run_source, storage_source
 
 if TYPE_CHECKING:
     from rich.console import Console
