@@ -344,12 +344,12 @@ def _curves(task: str, folder: Path) -> Curves:
     return Curves.load(task, folder)
 
 
-def replay_one(task: str, folder: Path, name: str, seed: int, budget: int) -> Run:
+def replay_one(task: str, folder: Path, method: Method, seed: int, budget: int) -> Run:
     """One method's search on one seed (in a worker process: the table is read once there)."""
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     curves = _curves(task, folder)
-    return summarise(curves, search(curves, METHODS[name], seed, budget))
+    return summarise(curves, search(curves, method, seed, budget))
 
 
 def replay_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -364,7 +364,8 @@ def replay_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     for name in args.methods:
         started = time.perf_counter()
         runs[name] = joblib.Parallel(n_jobs=args.jobs)(
-            joblib.delayed(replay_one)(task, args.curves, name, seed, 3 * b) for seed in seeds
+            joblib.delayed(replay_one)(task, args.curves, METHODS[name], seed, 3 * b)
+            for seed in seeds
         )
         took = time.perf_counter() - started
         print(f"{task} {name}: {args.seeds} seeds in {took:.0f} s", flush=True)
@@ -382,11 +383,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=20, help="B, in full trials (folds x epochs)")
     p.add_argument("--boots", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--jobs", type=int, default=1, help="searches run at once (processes)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SETTING=VALUE[;SETTING=VALUE]",
+        help="also replay hpo with these settings changed, as method hpo:NAME (to choose "
+        "defaults on seeds below 50), e.g. --variant p05=pruner_p=0.05",
+    )
     p.add_argument("--json", type=Path, help="write the figures there")
     p.add_argument("--quick", action="store_true", help="3 seeds, B of 8 trials, 200 resamples")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.budget, args.boots = 3, 8, 200
+    for variant in args.variant:
+        name, _, settings = variant.partition("=")
+        if not name or "=" not in settings:
+            p.error(f"--variant {variant!r}: write NAME=SETTING=VALUE, e.g. p05=pruner_p=0.05")
+        METHODS[f"hpo:{name}"] = Method(None, hpo_pruner, overrides=tuple(settings.split(";")))
+        args.methods.append(f"hpo:{name}")
     if "random" not in args.methods:
         args.methods = ["random", *args.methods]  # every figure is against random search
     tasks = args.tasks or sorted(path.stem for path in args.curves.glob("*.parquet"))

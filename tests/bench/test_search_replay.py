@@ -86,3 +86,18 @@ def test_a_missing_table_is_one_sentence_and_exit_status_2(tmp_path):
     assert done.returncode == 2
     assert "record one with bench/curves/record.py" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_variant_replays_hpo_with_settings_changed_and_a_bad_one_is_refused(tmp_path):
+    write("digits", tmp_path, configs=40)
+    out = tmp_path / "replay.json"
+    command = [sys.executable, str(REPO / "bench" / "search_replay.py"), "--quick",
+               "--curves", str(tmp_path), "--methods", "hpo", "--json", str(out)]  # fmt: skip
+    variant = ["--variant", "none=pruner=none", "--jobs", "2"]
+    done = subprocess.run([*command, *variant], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    methods = json.loads(out.read_text())["tasks"]["digits"]["methods"]
+    assert set(methods) == {"random", "hpo", "hpo:none"}
+    assert methods["hpo:none"]["false_prune_rate_top5"] in (0.0, None)  # it never prunes
+    bad = subprocess.run([*command, "--variant", "p05"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "NAME=SETTING=VALUE" in bad.stderr
