@@ -17,6 +17,7 @@ from search.cli.main import main
 from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.study.storage import StudyError
+from tests.support.readers import study_or_none
 
 TINY = ["folds=2", "epochs=1", "backbone=test_vit", "tracking=none", "batch_size=64", "holdout=0"]
 SPACE = """\
@@ -147,15 +148,8 @@ def test_status_reads_a_study_while_another_process_runs_it(space, capsys):
 
 
 def _finished_count() -> int:
-    from sqlalchemy.exc import OperationalError
-
-    try:
-        return len(finished(load()))
-    # KeyError: the study is not created yet. OperationalError: optuna.load_study creates the
-    # schema if it is missing, and so did the other process a moment ago ("table studies
-    # already exists"): this reader came while the file was being set up.
-    except (KeyError, OperationalError):
-        return 0
+    study = study_or_none("tiny", "sqlite:///studies/tiny/study.db")
+    return len(finished(study)) if study else 0
 
 
 def test_status_of_unknown_study_is_a_clear_error(capsys):

@@ -20,6 +20,7 @@ from search.context import RunRequest
 from search.engine.runner import tail_pause
 from search.engine.workers import Worker, WorkersFailed, outcome_of, watch, worker_command
 from search.study.storage import StudyPlace
+from tests.support.readers import study_or_none
 from tests.support.small_space import SETTINGS, write_space
 
 TINY = [*SETTINGS, "epochs=1", "heartbeat=1"]
@@ -212,11 +213,8 @@ def wait_for_two_running_trials(parent: subprocess.Popen, storage: str) -> None:
         assert parent.poll() is None, parent.stderr.read().decode()[-3000:]
         running = []
         if Path("studies/w/study.db").exists():  # the parent has created the storage
-            try:
-                study = optuna.load_study(study_name="w", storage=storage)
-                running = study.get_trials(states=(TrialState.RUNNING,))
-            except KeyError:  # but not the study yet
-                pass
+            study = study_or_none("w", storage)
+            running = study.get_trials(states=(TrialState.RUNNING,)) if study else []
         if sum(bool(t.intermediate_values) for t in running) == 2:
             return
         time.sleep(0.3)
