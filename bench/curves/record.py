@@ -22,6 +22,10 @@ Tasks (``--task``):
 
     .venv/bin/python bench/curves/record.py --task cifar10 --configs 300 --hours 2.5
 
+Several recorders may share one table, one core each: ``--shard K/N`` records only the
+configurations whose id is K modulo N, and every write merges with the table on disk under a
+lock, so two shards never overwrite each other's rows.
+
 Columns of ``bench/curves/<task>.parquet``: ``task``, ``config_id``, ``params`` (JSON of the
 searched values), ``config`` (JSON of the whole TrainConfig), ``fold_scores`` (folds x epochs
 validation accuracy), ``epoch_seconds`` (folds x epochs), ``holdout_scores`` (last-epoch holdout
@@ -255,25 +259,46 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
-def run(task: Task, table: Path, *, configs: int, deadline: float) -> int:
+def append_row(path: Path, row: dict[str, Any]) -> pd.DataFrame:
+    """Add ``row`` to the table on disk, under a lock that other shards' writes also take.
+
+    Returns:
+        The table as written (every shard's rows so far).
+    """
+    import fcntl
+
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        frame = read_table(path)
+        frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
+        frame = frame.drop_duplicates("config_id", keep="first")
+        write_table(path, frame)
+    return frame
+
+
+def run(
+    task: Task, table: Path, *, configs: int, deadline: float, shard: tuple[int, int] = (0, 1)
+) -> int:
     """Record configurations ``0..configs-1`` not yet in ``table`` until ``deadline``.
+
+    Args:
+        shard: ``(k, n)``: only the configurations whose id is ``k`` modulo ``n``.
 
     Returns:
         How many configurations this call recorded.
     """
     recorder = Recorder(task, table)
-    frame = read_table(table)
-    done = set(frame["config_id"]) if len(frame) else set()
+    k, n = shard
     recorded = 0
     for config_id, params in zip(range(configs), configurations(recorder.space), strict=False):
-        if config_id in done:
+        frame = read_table(table)
+        if config_id % n != k or (len(frame) and config_id in set(frame["config_id"])):
             continue
         if time.time() > deadline:
             break
         started = time.perf_counter()
         row = recorder.record(config_id, params)
-        frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
-        write_table(table, frame)
+        frame = append_row(table, row)
         recorded += 1
         print(
             f"{task.name} config {config_id}: cv {_cv(row):.3f} holdout {row['holdout']:.3f} "
@@ -289,12 +314,24 @@ def _cv(row: dict[str, Any]) -> float:
     return float(np.mean([max(scores) if scores else math.nan for scores in row["fold_scores"]]))
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``K/N`` as ``(K, N)``, with ``0 <= K < N``."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: write K/N, e.g. 0/2") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: K must be 0 to N-1")
+    return k, n
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: record one task's configurations, resuming its table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=sorted(TASKS), required=True)
     p.add_argument("--configs", type=int, default=300, help="configurations in the table")
     p.add_argument("--hours", type=float, default=3.0, help="stop starting new ones after this")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="K/N: ids equal to K modulo N")
     p.add_argument("--out", type=Path, default=HERE, help="folder of <task>.parquet")
     p.add_argument(
         "--workdir", type=Path, default=Path("/tmp/hpo-curves"), help="data and image cache"
@@ -302,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     common.set_threads(1)  # recorded seconds are one thread's; 1 of 2 cores left for others
     warnings.filterwarnings("ignore")
+    if args.shard[1] > 1:  # each shard unpacks and caches in its own folder
+        args.workdir = args.workdir / f"shard-{args.shard[0]}-of-{args.shard[1]}"
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(args.workdir)  # the image cache goes under studies/ there
     task = TASKS[args.task](args.workdir)
@@ -309,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     table = args.out.resolve() / f"{args.task}.parquet"
     print(f"recording {args.task} into {table}; {common.machine()}", flush=True)
     deadline = time.time() + args.hours * 3600
-    recorded = run(task, table, configs=args.configs, deadline=deadline)
+    recorded = run(task, table, configs=args.configs, deadline=deadline, shard=args.shard)
     total = len(read_table(table))
     print(f"recorded {recorded} this time; {total}/{args.configs} in {table}", flush=True)
     return 0

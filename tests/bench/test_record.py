@@ -83,3 +83,28 @@ def test_a_deadline_in_the_past_records_nothing(tmp_path: Path, monkeypatch) -> 
     task, table = _task(tmp_path), tmp_path / "tiny.parquet"
     assert record.run(task, table, configs=2, deadline=time.time() - 1) == 0
     assert not table.exists()
+
+
+def test_two_shards_share_one_table_without_losing_rows(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    task, table = _task(tmp_path), tmp_path / "tiny.parquet"
+
+    def fake(self, config_id: int, params: dict) -> dict:
+        if config_id == 2:  # the other shard writes while this one trains
+            record.append_row(table, {"config_id": 3, "holdout": 0.3, "status": "ok"})
+        return {"config_id": config_id, "holdout": 0.1 * config_id, "status": "ok",
+                "fold_scores": [[0.5]]}  # fmt: skip
+
+    monkeypatch.setattr(record.Recorder, "record", fake)
+    deadline = time.time() + 600
+    assert record.run(task, table, configs=4, deadline=deadline, shard=(0, 2)) == 2
+    assert list(record.read_table(table)["config_id"]) == [0, 2, 3]
+    assert record.run(task, table, configs=4, deadline=deadline, shard=(1, 2)) == 1
+    assert list(record.read_table(table)["config_id"]) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
+def test_a_bad_shard_is_refused_with_the_fix(text: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        record.main(["--task", "digits", "--shard", text])
+    assert exit_.value.code == 2
