@@ -13,6 +13,7 @@ TTA_HELP = "none, hflip, flip4 or d4"
 def cmd_export(args: argparse.Namespace) -> int:
     """`hpo export STUDY`: write studies/STUDY/export and print its scores."""
     from search.export.entry_points import export_from_storage
+    from search.tracking.plots import study_figures
 
     export_from_storage(
         args.study,
@@ -22,6 +23,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         data=args.data,
         mlflow=False if args.no_mlflow else None,
+        plots=study_figures,
     )
     return 0
 

@@ -149,9 +149,10 @@ def finish(run: StudyRun, outcome: Outcome) -> None:
 def _export(run: StudyRun) -> None:
     from search.export.candidates import NothingToExport
     from search.export.entry_points import export_study
+    from search.tracking.plots import study_figures
 
     try:
-        export_study(run)
+        export_study(run, plots=study_figures)
     except NothingToExport as err:
         run.console.print(f"No export: {err}")
 

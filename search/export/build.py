@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial
 
@@ -33,12 +35,20 @@ from search.export.scoring import (
 from search.export.selection import Selection, select
 from search.export.study_source import StudySource
 from search.space.spacefile import load_space
-from search.study.plots import save_figures, study_figures
 from search.study.splits import holdout_indices, stored_folds
 from trainer.augment import tta_views
 from trainer.config import TrainConfig
 from trainer.device import pick_device
 from trainer.inference.ensemble import Ensemble, Manifest, load_member
+
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.figure import Figure
+
+# Draws the study's plots by file name (None: not drawable yet), as
+# `search.tracking.plots.study_figures` does. The export sits below tracking, so the callers above
+# both (`hpo run`, `hpo export`) hand it in; without one the export has no plots.
+DrawPlots = Callable[..., Mapping[str, "Figure | None"]]
 
 FIGURES = "figures"  # the study's plots, linked from report.md
 
@@ -63,7 +73,12 @@ class ExportResult:
 
 
 def build_export(
-    source: StudySource, *, top_k: int | None, tta: str | None, ensemble: str | None = None
+    source: StudySource,
+    *,
+    top_k: int | None,
+    tta: str | None,
+    ensemble: str | None = None,
+    plots: DrawPlots | None = None,
 ) -> ExportResult:
     """Choose the members, score them, and write the export folder (swapped in whole).
 
@@ -73,6 +88,8 @@ def build_export(
         tta: TTA written into the export (default: setting ``tta``).
         ensemble: ``select`` (Caruana selection over the top trials) or ``best`` (the best
             trial's fold models); default: setting ``ensemble``.
+        plots: Draws the study's plots into ``figures/``, linked from report.md
+            (``plots(study, trials, metric=...)``); None: no plots.
 
     Raises:
         ConfigError: ``tta`` or ``ensemble`` is not a known mode.
@@ -94,9 +111,8 @@ def build_export(
         scores = _score(source, candidates, chosen, cv, mode, tta)
         check = _write_onnx(staging, source, metric)
         _write_best_space(staging / "best_space.py", source, candidates[0], tta)
-        drawn = study_figures(source.study, source.study.get_trials(deepcopy=False), metric=metric)
-        plots = [f"{FIGURES}/{name}" for name in save_figures(drawn, staging / FIGURES)]
-        text = markdown(scores, manifest, onnx_check=check.sentence(), plots=plots)
+        linked = _plots(source.study, metric, staging / FIGURES, plots)
+        text = markdown(scores, manifest, onnx_check=check.sentence(), plots=linked)
         (staging / "report.md").write_text(text)
         previous = _publish(staging, target)
     finally:
@@ -105,6 +121,25 @@ def build_export(
     return ExportResult(
         target, source.place.name, scores.trials, names, scores, manifest, check, previous=previous
     )
+
+
+def _plots(study: optuna.Study, metric: str, folder: Path, draw: DrawPlots | None) -> list[str]:
+    """Draw the study's plots into ``folder``; their paths as report.md links them."""
+    if draw is None:
+        return []
+    drawn = draw(study, study.get_trials(deepcopy=False), metric=metric)
+    return [f"{folder.name}/{name}" for name in save_figures(drawn, folder)]
+
+
+def save_figures(figures: Mapping[str, Figure | None], folder: Path) -> list[str]:
+    """Write each drawn figure as ``folder/<name>``; the names written, in order."""
+    written = []
+    for name, figure in figures.items():
+        if figure is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            figure.savefig(folder / name, dpi=100)
+            written.append(name)
+    return written
 
 
 def _score(

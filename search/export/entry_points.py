@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from search.console import make_console
-from search.export.build import ExportResult, build_export
+from search.export.build import DrawPlots, ExportResult, build_export
 from search.export.publish import log_to_mlflow
 from search.export.report import show
 from search.export.study_source import StudySource, run_source, storage_source
@@ -44,6 +44,7 @@ def export_study(
     top_k: int | None = None,
     tta: str | None = None,
     ensemble: str | None = None,
+    plots: DrawPlots | None = None,
 ) -> ExportResult:
     """Export the ensemble of a study that just ran (called at the end of `hpo run`).
 
@@ -52,13 +53,20 @@ def export_study(
         top_k: Select among the fold models of this many best trials (default: ``top_k``).
         tta: Test-time augmentation written into the export (default: setting ``tta``).
         ensemble: ``select`` or ``best`` (default: setting ``ensemble``).
+        plots: Draws the study's plots for report.md (None: no plots).
 
     Raises:
         NothingToExport: If no trial is complete.
     """
     log = run.space.settings.tracking == "mlflow"
     return export(
-        run_source(run), top_k=top_k, tta=tta, ensemble=ensemble, console=run.console, mlflow=log
+        run_source(run),
+        top_k=top_k,
+        tta=tta,
+        ensemble=ensemble,
+        console=run.console,
+        mlflow=log,
+        plots=plots,
     )
 
 
@@ -72,6 +80,7 @@ def export_from_storage(
     data: str | None = None,
     mlflow: bool | None = None,
     console: Console | None = None,
+    plots: DrawPlots | None = None,
 ) -> ExportResult:
     """Export a study found by name in its storage (`hpo export STUDY`).
 
@@ -84,6 +93,7 @@ def export_from_storage(
         data: Where the study's data is now, if it moved (read only for a holdout).
         mlflow: Log and register the model in MLflow (default: the study's ``tracking``).
         console: Where the scores are printed.
+        plots: Draws the study's plots for report.md (None: no plots).
 
     Raises:
         StudyError: The study does not exist, or the data is not the study's.
@@ -92,7 +102,9 @@ def export_from_storage(
     source = storage_source(name, storage=storage, data=data)
     log = source.settings.tracking == "mlflow" if mlflow is None else mlflow
     console = console or make_console(stderr=False)
-    return export(source, top_k=top_k, tta=tta, ensemble=ensemble, console=console, mlflow=log)
+    return export(
+        source, top_k=top_k, tta=tta, ensemble=ensemble, console=console, mlflow=log, plots=plots
+    )
 
 
 def export(
@@ -103,9 +115,10 @@ def export(
     console: Console,
     mlflow: bool,
     ensemble: str | None = None,
+    plots: DrawPlots | None = None,
 ) -> ExportResult:
     """Build the export, print its scores and, if asked, log it to MLflow."""
-    result = build_export(source, top_k=top_k, tta=tta, ensemble=ensemble)
+    result = build_export(source, top_k=top_k, tta=tta, ensemble=ensemble, plots=plots)
     show(result.scores, console, folder=result.folder, manifest=result.manifest)
     if result.previous is not None:
         console.print(f"The export it replaced is kept in {result.previous} (one generation).")

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from optuna.trial import FrozenTrial, TrialState
 
 from search import keys
-from search.study import plots as study_plots
 from search.study.tables import visible_trials
 from search.tracking import artifacts as content
 from search.tracking import figures
+from search.tracking import plots as study_plots
 from search.tracking.system import stop_monitor
 from search.tracking.writer import chunks, metrics, prepare_mlflow
 

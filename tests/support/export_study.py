@@ -13,6 +13,7 @@ from search.context import RunRequest
 from search.engine.run import prepare, run
 from search.export.checkpoints import checkpoint_hook
 from search.export.entry_points import export_study
+from search.tracking.plots import study_figures
 
 SPACE = "from search.space import loguniform\n\nlr = loguniform(3e-3, 1e-2)\n"
 OVERRIDES = (
@@ -49,6 +50,6 @@ def build_digits_study(root: Path) -> DigitsStudy:
         (root / "digits.py").write_text(SPACE)
         request = RunRequest(space="digits.py", overrides=OVERRIDES, trials=3, progress=False)
         assert run(request, hooks=[checkpoint_hook]) == "done"
-        result = export_study(prepare(request), top_k=1)
+        result = export_study(prepare(request), top_k=1, plots=study_figures)
         shutil.copytree(result.folder, root / "top1")
     return DigitsStudy(root, request, root / "top1")

@@ -78,6 +78,8 @@ def test_workers_stopped_by_the_space_files_timeout_still_export(space, capsys):
     err = capsys.readouterr().err
     assert "Stopped at --timeout" in err
     assert Path("studies/w/export/manifest.json").exists()
+    # `hpo run` hands the export the study's plots (the export cannot import tracking's).
+    assert "](figures/optimization_history.png)" in Path("studies/w/export/report.md").read_text()
 
 
 @pytest.fixture

@@ -243,6 +243,15 @@ def test_exporting_a_study_without_a_complete_trial_is_a_clear_error():
     assert not Path("studies/empty/export").exists()
 
 
+def test_hpo_export_links_the_study_plots_in_its_report(digits, monkeypatch):
+    monkeypatch.chdir(digits.root)
+    assert _handler(["export", "digits", "--ensemble", "best", "--no-mlflow"]) == 0
+    report = (digits.folder / "export" / "report.md").read_text()
+    linked = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
+    assert "figures/optimization_history.png" in linked
+    assert all((digits.folder / "export" / path).is_file() for path in linked)
+
+
 def test_exporting_an_unknown_study_is_a_clear_error():
     with pytest.raises(StudyError, match="No study storage"):
         _handler(["export", "nothing-here"])

@@ -6,7 +6,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.study.plots import parallel_figure, save_figures, slice_figure, study_figures
+from search.export.build import save_figures
+from search.tracking.plots import parallel_figure, slice_figure, study_figures
 
 DISTRIBUTIONS = {
     "lr": FloatDistribution(1e-4, 1e-1, log=True),

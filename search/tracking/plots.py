@@ -1,6 +1,8 @@
 """The study's plots: optimisation history, parameter importances, slices, parallel coordinates.
 
 Drawn for the study run in MLflow and into the export folder, which the export's report.md links.
+The export sits below tracking, so it never imports this module: `hpo run` and `hpo export`
+hand it `study_figures` (see `search.export.build.DrawPlots`).
 Figures are `matplotlib.figure.Figure` objects rather than pyplot figures, so drawing never
 changes the process's plotting backend or leaves figures open; matplotlib is imported only when
 a figure is drawn. Drawing is pure (no MLflow call, no file written).
@@ -11,7 +13,6 @@ from __future__ import annotations
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -238,14 +239,3 @@ def study_figures(
             parallel_figure, trials, metric=metric, maximize=maximize
         ),
     }
-
-
-def save_figures(figures: dict[str, Figure | None], folder: Path) -> list[str]:
-    """Write each drawn figure as ``folder/<name>``; the names written, in order."""
-    written = []
-    for name, figure in figures.items():
-        if figure is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            figure.savefig(folder / name, dpi=100)
-            written.append(name)
-    return written
