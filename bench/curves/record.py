@@ -148,7 +148,7 @@ def configurations(space: Any) -> Iterator[dict[str, Any]]:
 
 def _active(space: Any, point: dict[str, Any]) -> dict[str, Any]:
     """The values of ``point`` whose conditions hold, in the space's order."""
-    resolved = dict(space.literals)
+    resolved = dict(space.fixed)
     params = {}
     for name, searched in space.searched.items():
         if searched.active({**resolved, **params}):

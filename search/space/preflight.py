@@ -35,7 +35,7 @@ def check_weights(space: Space) -> None:
     it: a missing, corrupt or foreign file is refused before the study exists.
     """
     searched = space.searched.get("pretrained")
-    options = searched.values_to_check() if searched else (space.literals.get("pretrained", False),)
+    options = searched.values_to_check() if searched else (space.fixed.get("pretrained", False),)
     pairs = {(b, weights_for(p, b)) for b in space.backbones() for p in options}
     for backbone, weights in sorted(pairs, key=str):
         check_pretrained(backbone, weights)

@@ -39,8 +39,9 @@ class Space:
     Attributes:
         path: The space file.
         settings: Every study setting (see `search.space.settings`), defaults filled in.
-        fixed: `TrainConfig` fields given a literal value (``metric`` and ``seed`` are
-            settings, not fixed fields; `literals` has them all).
+        fixed: Every `TrainConfig` value no trial samples: the fields the space gives a
+            literal value, and the settings every trial's config receives (``metric``,
+            ``seed``; see `StudySettings.for_trainer`).
         searched: Searched parameters in an order where conditions come first.
         given: The names the space file or the command line assigned.
     """
@@ -61,14 +62,9 @@ class Space:
         """Whether some parameter exists only under a condition."""
         return any(s.when for s in self.searched.values())
 
-    @property
-    def literals(self) -> dict[str, Any]:
-        """Every `TrainConfig` value no trial samples: the fixed fields, ``metric`` and ``seed``."""
-        return {**self.fixed, **self.settings.for_trainer()}
-
     def sample(self, trial: Any) -> dict[str, Any]:
         """Ask ``trial`` for every parameter whose conditions hold; returns only those."""
-        resolved = {**_DEFAULTS, **self.literals}
+        resolved = {**_DEFAULTS, **self.fixed}
         params = {}
         for name, searched in self.searched.items():
             if searched.active(resolved):
@@ -76,12 +72,12 @@ class Space:
         return params
 
     def config(self, params: Mapping[str, Any]) -> TrainConfig:
-        """The `TrainConfig` of a trial: defaults, then `literals`, then ``params``.
+        """The `TrainConfig` of a trial: defaults, then `fixed`, then ``params``.
 
         A ``pretrained`` dict becomes the trial's own backbone's entry, so that each trial's
         stored config names the weights it trained from.
         """
-        config = TrainConfig(**{**self.literals, **params})
+        config = TrainConfig(**{**self.fixed, **params})
         if isinstance(config.pretrained, dict) and config.backbone in config.pretrained:
             return config.replace(pretrained=config.pretrained[config.backbone])
         return config  # a backbone without an entry is refused when the space is loaded
@@ -91,19 +87,22 @@ class Space:
         searched = self.searched.get("backbone")
         if searched is not None:
             return tuple(searched.values_to_check())
-        return (self.literals.get("backbone", _DEFAULTS["backbone"]),)
+        return (self.fixed.get("backbone", _DEFAULTS["backbone"]),)
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same study (JSON-safe); hardware and run control excluded.
 
-        ``metric`` and ``seed`` count under ``fixed`` and only where the space gives them, as
+        ``metric`` and ``seed`` count under ``fixed`` only where the space gives them, as
         when they were `TrainConfig` fields: the fingerprints of existing studies stay valid.
         """
-        trainer = {k: v for k, v in self.settings.for_trainer().items() if k in self.given}
-        fixed = {**self.fixed, **trainer}
+        defaulted = set(self.settings.for_trainer()) - self.given
         return {
             "settings": self.settings.identity(),
-            "fixed": {k: v for k, v in fixed.items() if k not in HARDWARE_FIELDS},
+            "fixed": {
+                k: v
+                for k, v in self.fixed.items()
+                if k not in HARDWARE_FIELDS and k not in defaulted
+            },
             "searched": {
                 name: {"distribution": distribution_to_json(s.distribution), "when": s.when}
                 for name, s in self.searched.items()
@@ -238,13 +237,13 @@ def _validate(path: Path, values: dict[str, Any], where: dict[str, str]) -> Spac
     for name in searched:
         _check_conditions(name, searched, fixed, where[name])
     _check_searched_on_head(fixed, searched, where)
-    space = Space(
-        path, StudySettings(**settings), fixed, _ordered(searched, where), frozenset(values)
-    )
+    study = StudySettings(**settings)
+    fixed.update(study.for_trainer())
+    space = Space(path, study, fixed, _ordered(searched, where), frozenset(values))
     _check_weights_per_backbone(space, where.get("pretrained"))
     if space.settings.baselines:
         # Values that no trial samples: the literal ones and the defaults of the rest.
-        known = {k: v for k, v in {**_DEFAULTS, **space.literals}.items() if k not in searched}
+        known = {k: v for k, v in {**_DEFAULTS, **space.fixed}.items() if k not in searched}
         checked = check_baselines(space.settings.baselines, searched, known, where["baselines"])
         space = replace(space, settings=replace(space.settings, baselines=checked))
     return space

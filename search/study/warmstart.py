@@ -82,7 +82,7 @@ def check_source(study: optuna.Study, source: optuna.Study, name: str, space: Sp
         raise StudyError(f"Study '{name}' optimises in the other direction; pick another study.")
     old_identity = attrs.get(keys.IDENTITY_ATTR, {})
     old = _resolved_fixed(old_identity.get("fixed", {}), set(old_identity.get("searched", {})))
-    new = _resolved_fixed(space.literals, set(space.searched))
+    new = _resolved_fixed(space.fixed, set(space.searched))
     both = sorted(old.keys() & new.keys())
     differ = [f"{k}={old[k]!r} there, {new[k]!r} here" for k in both if old[k] != new[k]]
     if differ:
@@ -95,11 +95,11 @@ def check_source(study: optuna.Study, source: optuna.Study, name: str, space: Sp
 def translate(trial: FrozenTrial, old_fixed: dict[str, Any], space: Space) -> dict | None:
     """The new space's parameters for ``trial``, or None if the new space cannot express it."""
     values = {**_DEFAULTS, **old_fixed, **trial.params}
-    new_fixed = _resolved_fixed(space.literals, set(space.searched))
+    new_fixed = _resolved_fixed(space.fixed, set(space.searched))
     if any(_jsonish(values.get(k)) != v for k, v in new_fixed.items()):
         return None  # it searched a value this space fixes otherwise
     params: dict[str, Any] = {}
-    resolved = {**_DEFAULTS, **space.literals}
+    resolved = {**_DEFAULTS, **space.fixed}
     for name, searched in space.searched.items():
         if not searched.active(resolved):
             continue

@@ -90,7 +90,9 @@ def test_metric_and_seed_reach_every_trial_config(tmp_path):
     space = load_space(write(tmp_path, "metric = 'accuracy'\nlr = loguniform(1e-4, 1e-2)\n"))
     config = space.config({"lr": 1e-3})
     assert (config.metric, config.seed, config.lr) == ("accuracy", 0, 1e-3)
-    assert "metric" not in space.fixed and space.literals["metric"] == "accuracy"
+    assert space.fixed["metric"] == "accuracy" and space.fixed["seed"] == 0
+    # As when they were TrainConfig fields: the identity holds them only where they are given.
+    assert space.identity()["fixed"] == {"metric": "accuracy"}
     assert load_space(space.path, ["seed=5"]).config({}).seed == 5
 
 

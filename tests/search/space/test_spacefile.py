@@ -9,9 +9,11 @@ import optuna
 import pytest
 
 from search.space import SpaceError, choice, intrange, loguniform, uniform
+from search.space.settings import StudySettings
 from search.space.spacefile import load_space, parse_overrides
 
 HEADER = "from search.space import choice, intrange, loguniform, uniform\n"
+TRAINER_SETTINGS = StudySettings().for_trainer()  # metric and seed: in every trial's config
 
 
 def write(tmp_path: Path, body: str, name: str = "space.py") -> Path:
@@ -37,7 +39,7 @@ def test_literals_are_fixed_and_distributions_searched(tmp_path):
         """,
     )
     space = load_space(path)
-    assert space.fixed == {"epochs": 3}
+    assert space.fixed == {"epochs": 3, **TRAINER_SETTINGS}
     assert space.settings.folds == 4
     assert set(space.searched) == {"lr", "batch_size"}
     assert space.name == "space"
@@ -90,7 +92,8 @@ def test_condition_on_a_fixed_value_follows_overrides(tmp_path):
 def test_overrides_are_typed_and_beat_the_file(tmp_path):
     path = write(tmp_path, "lr = loguniform(1e-4, 1e-2)\nepochs = 3\n")
     space = load_space(path, ["lr=0.01", "epochs=5", "grad_clip=None", "hflip=false"])
-    assert space.fixed == {"lr": 0.01, "epochs": 5, "grad_clip": None, "hflip": False}
+    given = {"lr": 0.01, "epochs": 5, "grad_clip": None, "hflip": False}
+    assert space.fixed == {**given, **TRAINER_SETTINGS}
     assert "lr" not in space.searched
     assert parse_overrides(["backbone=resnet18", "pretrained=/w/x.pth"]) == {
         "backbone": "resnet18",
@@ -175,7 +178,7 @@ def test_bad_override_is_named(tmp_path):
 
 def test_helpers_and_private_names_are_not_settings(tmp_path):
     path = write(tmp_path, "import math\n_base = 1e-3\ndef helper():\n    return 1\nlr = _base\n")
-    assert load_space(path).fixed == {"lr": 1e-3}
+    assert load_space(path).fixed == {"lr": 1e-3, **TRAINER_SETTINGS}
 
 
 @pytest.mark.parametrize(
