@@ -51,8 +51,15 @@ def _default_dir() -> Path:
 
 def _table(entries, directory: Path) -> Table:
     table = Table(title=f"Image caches in {directory}")
-    for column in ("file", "kind", "source", "size", "images", "MiB", "last use", "used by"):
-        table.add_column(column, justify="right" if column in ("size", "images", "MiB") else "left")
+    # File names stay whole (they are what `rm` or a bug report needs), and sources up to 40
+    # characters: on a narrow terminal the other columns wrap first.
+    table.add_column("file", min_width=max(len(e.path.name) for e in entries), no_wrap=True)
+    table.add_column("kind")
+    table.add_column("source", min_width=min(40, max(len(e.source) for e in entries)))
+    for column in ("size", "images", "MiB"):
+        table.add_column(column, justify="right")
+    table.add_column("last use")
+    table.add_column("used by")
     for e in entries:
         table.add_row(
             e.path.name,
