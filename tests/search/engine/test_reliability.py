@@ -96,7 +96,9 @@ def test_failing_trials_keep_tracebacks_and_a_broken_setup_stops_the_study(
 
 
 def _start(space: Path, *extra: str) -> subprocess.Popen:
+    # No export: these tests are about the study, and each export costs seconds of CI.
     cmd = [sys.executable, "-m", "search.cli", "run", str(space), *TINY, "heartbeat=1", *extra]
+    cmd.append("--no-export")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
