@@ -20,7 +20,9 @@ import torch
 _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores for the tests in all: split between pytest-xdist's workers (tools/test.sh runs two).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 # A shell that starts the tests in the background (`bash .ci/run &`) ignores SIGINT, and child
 # processes would inherit that: the Ctrl-C tests could then not interrupt them. A Python handler
