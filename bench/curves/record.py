@@ -291,8 +291,10 @@ def run(
     k, n = shard
     recorded = 0
     for config_id, params in zip(range(configs), configurations(recorder.space), strict=False):
-        frame = read_table(table)
-        if config_id % n != k or (len(frame) and config_id in set(frame["config_id"])):
+        if config_id % n != k:
+            continue
+        frame = read_table(table)  # re-read: other shards add rows while this one trains
+        if len(frame) and config_id in set(frame["config_id"]):
             continue
         if time.time() > deadline:
             break
