@@ -22,9 +22,10 @@ Tasks (``--task``):
 
     .venv/bin/python bench/curves/record.py --task cifar10 --configs 300 --hours 2.5
 
-Several recorders may share one table, one core each: ``--shard K/N`` records only the
-configurations whose id is K modulo N, and every write merges with the table on disk under a
-lock, so two shards never overwrite each other's rows.
+Several recorders may share one table, one core each: start the same command twice. Each
+recorder claims the lowest configuration that is neither recorded nor claimed by a live recorder
+(the claims sit beside the table, under the lock its writes take), so the work is shared however
+unequal the configurations' costs are, and a killed recorder's claim is taken over by the next.
 
 Columns of ``bench/curves/<task>.parquet``: ``task``, ``config_id``, ``params`` (JSON of the
 searched values), ``config`` (JSON of the whole TrainConfig), ``fold_scores`` (folds x epochs
@@ -48,6 +49,7 @@ import datetime
 import itertools
 import json
 import math
+import socket
 import subprocess
 import tarfile
 import time
@@ -259,47 +261,111 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
-def append_row(path: Path, row: dict[str, Any]) -> pd.DataFrame:
-    """Add ``row`` to the table on disk, under a lock that other shards' writes also take.
-
-    Returns:
-        The table as written (every shard's rows so far).
-    """
+def _lock(path: Path) -> Any:
+    """An open lock file beside ``path``, held exclusively (closing it releases the lock)."""
     import fcntl
 
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = open(path.with_name(f".{path.name}.lock"), "w")  # noqa: SIM115 - closed by the caller
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def append_row(path: Path, row: dict[str, Any]) -> pd.DataFrame:
+    """Add ``row`` to the table on disk and drop this recorder's claim on it, under the lock.
+
+    Returns:
+        The table as written (every recorder's rows so far).
+    """
+    with _lock(path):
         frame = read_table(path)
         frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
         frame = frame.drop_duplicates("config_id", keep="first")
         write_table(path, frame)
+        claims = _claims(path)
+        if claims.pop(str(row["config_id"]), None) is not None:
+            _write_claims(path, claims)
     return frame
 
 
-def run(
-    task: Task, table: Path, *, configs: int, deadline: float, shard: tuple[int, int] = (0, 1)
-) -> int:
+def claim_next(path: Path, configs: int) -> int | None:
+    """Claim the lowest id below ``configs`` that is neither in the table nor claimed.
+
+    A claim is ``{"host", "pid"}``; one whose process on this host is gone counts as free, so
+    a killed recorder's configuration goes to the next recorder that asks.
+
+    Returns:
+        The claimed id, or None when every configuration is recorded or claimed.
+    """
+    with _lock(path):
+        frame = read_table(path)
+        done = set(frame["config_id"]) if len(frame) else set()
+        claims = {k: c for k, c in _claims(path).items() if _alive(c)}
+        free = next((i for i in range(configs) if i not in done and str(i) not in claims), None)
+        if free is not None:
+            claims[str(free)] = {"host": socket.gethostname(), "pid": os.getpid()}
+        _write_claims(path, claims)
+        return free
+
+
+def release(path: Path, config_id: int) -> None:
+    """Drop this recorder's claim on ``config_id`` without recording it."""
+    with _lock(path):
+        claims = _claims(path)
+        claims.pop(str(config_id), None)
+        _write_claims(path, claims)
+
+
+def _claims_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.claims.json")
+
+
+def _claims(path: Path) -> dict[str, dict[str, Any]]:
+    file = _claims_path(path)
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _write_claims(path: Path, claims: dict[str, dict[str, Any]]) -> None:
+    file = _claims_path(path)
+    if claims:
+        file.write_text(json.dumps(claims, sort_keys=True))
+    else:
+        file.unlink(missing_ok=True)
+
+
+def _alive(claim: dict[str, Any]) -> bool:
+    """Whether a claim's recorder may still be running (one on another host is assumed so)."""
+    if claim.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(claim["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run(task: Task, table: Path, *, configs: int, deadline: float) -> int:
     """Record configurations ``0..configs-1`` not yet in ``table`` until ``deadline``.
 
-    Args:
-        shard: ``(k, n)``: only the configurations whose id is ``k`` modulo ``n``.
+    Other recorders may work on the same table at once: each configuration is claimed first.
 
     Returns:
         How many configurations this call recorded.
     """
     recorder = Recorder(task, table)
-    k, n = shard
+    listed = list(itertools.islice(configurations(recorder.space), configs))
     recorded = 0
-    for config_id, params in zip(range(configs), configurations(recorder.space), strict=False):
-        if config_id % n != k:
-            continue
-        frame = read_table(table)  # re-read: other shards add rows while this one trains
-        if len(frame) and config_id in set(frame["config_id"]):
-            continue
-        if time.time() > deadline:
+    while time.time() <= deadline:
+        config_id = claim_next(table, configs)
+        if config_id is None:
             break
         started = time.perf_counter()
-        row = recorder.record(config_id, params)
+        try:
+            row = recorder.record(config_id, listed[config_id])
+        except BaseException:
+            release(table, config_id)
+            raise
         frame = append_row(table, row)
         recorded += 1
         print(
@@ -316,15 +382,28 @@ def _cv(row: dict[str, Any]) -> float:
     return float(np.mean([max(scores) if scores else math.nan for scores in row["fold_scores"]]))
 
 
-def _shard(text: str) -> tuple[int, int]:
-    """``K/N`` as ``(K, N)``, with ``0 <= K < N``."""
-    try:
-        k, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: write K/N, e.g. 0/2") from None
-    if not 0 <= k < n:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: K must be 0 to N-1")
-    return k, n
+def _workdir(base: Path, task: str) -> Path:
+    """The first ``base/<task>-K`` no other recorder holds; held until this process ends.
+
+    Each recorder unpacks the data and builds its image cache in a folder of its own.
+    """
+    import fcntl
+
+    for k in itertools.count():
+        folder = base / f"{task}-{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        hold = open(folder / ".in-use", "w")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            hold.close()
+            continue
+        _HELD.append(hold)
+        return folder
+    raise AssertionError("unreachable")
+
+
+_HELD: list[Any] = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +412,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", choices=sorted(TASKS), required=True)
     p.add_argument("--configs", type=int, default=300, help="configurations in the table")
     p.add_argument("--hours", type=float, default=3.0, help="stop starting new ones after this")
-    p.add_argument("--shard", type=_shard, default=(0, 1), help="K/N: ids equal to K modulo N")
     p.add_argument("--out", type=Path, default=HERE, help="folder of <task>.parquet")
     p.add_argument(
         "--workdir", type=Path, default=Path("/tmp/hpo-curves"), help="data and image cache"
@@ -341,16 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     common.set_threads(1)  # recorded seconds are one thread's; 1 of 2 cores left for others
     warnings.filterwarnings("ignore")
-    if args.shard[1] > 1:  # each shard unpacks and caches in its own folder
-        args.workdir = args.workdir / f"shard-{args.shard[0]}-of-{args.shard[1]}"
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    args.workdir = _workdir(args.workdir, args.task)
     os.chdir(args.workdir)  # the image cache goes under studies/ there
     task = TASKS[args.task](args.workdir)
     args.out.mkdir(parents=True, exist_ok=True)
     table = args.out.resolve() / f"{args.task}.parquet"
     print(f"recording {args.task} into {table}; {common.machine()}", flush=True)
     deadline = time.time() + args.hours * 3600
-    recorded = run(task, table, configs=args.configs, deadline=deadline, shard=args.shard)
+    recorded = run(task, table, configs=args.configs, deadline=deadline)
     total = len(read_table(table))
     print(f"recorded {recorded} this time; {total}/{args.configs} in {table}", flush=True)
     return 0

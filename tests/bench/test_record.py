@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -85,26 +89,59 @@ def test_a_deadline_in_the_past_records_nothing(tmp_path: Path, monkeypatch) -> 
     assert not table.exists()
 
 
-def test_two_shards_share_one_table_without_losing_rows(tmp_path: Path, monkeypatch) -> None:
+def test_two_recorders_share_one_table_without_losing_rows(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     task, table = _task(tmp_path), tmp_path / "tiny.parquet"
+    other = {"host": socket.gethostname(), "pid": os.getppid()}  # a live process: a recorder
 
     def fake(self, config_id: int, params: dict) -> dict:
-        if config_id == 2:  # the other shard writes while this one trains
-            record.append_row(table, {"config_id": 3, "holdout": 0.3, "status": "ok"})
+        if config_id == 0:  # another recorder claims 1 and finishes 2 while this one trains
+            assert record.claim_next(table, 4) == 1
+            record._write_claims(table, {"1": other})
+            record.append_row(table, {"config_id": 2, "holdout": 0.2, "status": "ok"})
         return {"config_id": config_id, "holdout": 0.1 * config_id, "status": "ok",
                 "fold_scores": [[0.5]]}  # fmt: skip
 
     monkeypatch.setattr(record.Recorder, "record", fake)
-    deadline = time.time() + 600
-    assert record.run(task, table, configs=4, deadline=deadline, shard=(0, 2)) == 2
-    assert list(record.read_table(table)["config_id"]) == [0, 2, 3]
-    assert record.run(task, table, configs=4, deadline=deadline, shard=(1, 2)) == 1
-    assert list(record.read_table(table)["config_id"]) == [0, 1, 2, 3]
+    assert record.run(task, table, configs=4, deadline=time.time() + 600) == 2
+    assert list(record.read_table(table)["config_id"]) == [0, 2, 3]  # 1 is the other's
+    assert record._claims(table) == {"1": other}
 
 
-@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
-def test_a_bad_shard_is_refused_with_the_fix(text: str) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        record.main(["--task", "digits", "--shard", text])
-    assert exit_.value.code == 2
+def test_a_dead_recorders_claim_is_taken_over(tmp_path: Path) -> None:
+    table = tmp_path / "tiny.parquet"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    record._write_claims(table, {"0": {"host": socket.gethostname(), "pid": dead.pid}})
+    assert record.claim_next(table, 2) == 0
+    assert record.claim_next(table, 2) == 1  # this process holds 0 now
+    assert record.claim_next(table, 2) is None
+    record.release(table, 0)
+    assert set(record._claims(table)) == {"1"}
+
+
+def test_a_failed_configuration_gives_its_claim_back(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    task, table = _task(tmp_path), tmp_path / "tiny.parquet"
+
+    def fail(self, config_id: int, params: dict) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(record.Recorder, "record", fail)
+    with pytest.raises(KeyboardInterrupt):
+        record.run(task, table, configs=2, deadline=time.time() + 600)
+    assert record._claims(table) == {}
+
+
+def test_each_recorder_gets_a_work_folder_of_its_own(tmp_path: Path) -> None:
+    first = record._workdir(tmp_path, "tiny")
+    assert first == tmp_path / "tiny-0"
+    code = (
+        "import sys; from pathlib import Path; from bench.curves import record; "
+        "print(record._workdir(Path(sys.argv[1]), 'tiny').name)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,
+        cwd=Path(record.__file__).parents[2],
+    )  # fmt: skip
+    assert out.stdout.strip() == "tiny-1"  # this process holds tiny-0
