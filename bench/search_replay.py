@@ -135,6 +135,7 @@ class Method:
     pruner: Callable[[Any], BasePruner]
     overrides: tuple[str, ...] = ()
     reporter: type | None = None  # None: hpo's rung reporter
+    staged: tuple[tuple[str, Any], ...] = ()  # build_sampler's startup / explore_every, if not
 
 
 def hpo_pruner(space: Any) -> BasePruner:
@@ -173,6 +174,26 @@ METHODS = {
 }
 
 
+def variant_method(settings: str) -> Method:
+    """hpo with ``SETTING=VALUE;...`` changed: the space's settings, or the sampler's staging."""
+    overrides, staged = [], []
+    for item in settings.split(";"):
+        key, _, value = item.partition("=")
+        if key == "startup":
+            staged.append((key, _count(key, value)))
+        elif key == "explore_every":
+            staged.append((key, None if value == "none" else _count(key, value)))
+        else:
+            overrides.append(item)
+    return Method(None, hpo_pruner, overrides=tuple(overrides), staged=tuple(staged))
+
+
+def _count(key: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{key} takes a whole number of trials of at least 1, not {value!r}")
+    return int(value)
+
+
 # --- one replayed search --------------------------------------------------------------------------
 
 
@@ -198,6 +219,7 @@ def search(curves: Curves, method: Method, seed: int, budget: int) -> list[Froze
             process_seed=seed,
             grouped=space.conditional,
             space=curves.dists,
+            **dict(method.staged),
         ),
         pruner=method.pruner(space),
     )
@@ -389,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="NAME=SETTING=VALUE[;SETTING=VALUE]",
         help="also replay hpo with these settings changed, as method hpo:NAME (to choose "
-        "defaults on seeds below 50), e.g. --variant p05=pruner_p=0.05",
+        "defaults on seeds below 50), e.g. --variant p05=pruner_p=0.05; besides the space's "
+        "settings, startup=N (Halton start-up trials of the model-based sampler) and "
+        "explore_every=N|none (one trial in N takes a Halton point after it)",
     )
     p.add_argument("--json", type=Path, help="write the figures there")
     p.add_argument("--quick", action="store_true", help="3 seeds, B of 8 trials, 200 resamples")
@@ -400,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         name, _, settings = variant.partition("=")
         if not name or "=" not in settings:
             p.error(f"--variant {variant!r}: write NAME=SETTING=VALUE, e.g. p05=pruner_p=0.05")
-        METHODS[f"hpo:{name}"] = Method(None, hpo_pruner, overrides=tuple(settings.split(";")))
+        try:
+            METHODS[f"hpo:{name}"] = variant_method(settings)
+        except ValueError as error:
+            p.error(f"--variant {variant!r}: {error}")
         args.methods.append(f"hpo:{name}")
     if "random" not in args.methods:
         args.methods = ["random", *args.methods]  # every figure is against random search

@@ -285,6 +285,8 @@ def build_sampler(
     process_seed: int,
     grouped: bool,
     space: Mapping[str, BaseDistribution],
+    startup: int = STARTUP_TRIALS,
+    explore_every: int | None = EXPLORE_EVERY,
 ) -> BaseSampler:
     """The sampler named by a space's ``sampler`` setting, seeded.
 
@@ -294,6 +296,7 @@ def build_sampler(
         process_seed: The seed of this process's model-based sampler (distinct per worker).
         grouped: Whether the space has conditional parameters (TPE then samples by group).
         space: Every searched parameter's distribution.
+        startup, explore_every: The model-based samplers' Halton start-up and mix (`Staged`).
     """
     if name == "random":
         return PerTrialRandom(seed=seed)
@@ -310,9 +313,9 @@ def build_sampler(
             multivariate=True,
             group=grouped,
             constant_liar=True,
-            n_startup_trials=STARTUP_TRIALS,
+            n_startup_trials=startup,
         )
-    return Staged(inner, space=space, seed=seed)
+    return Staged(inner, space=space, seed=seed, startup=startup, explore_every=explore_every)
 
 
 # --- how often a sampler repeats itself -----------------------------------------------------------

@@ -101,3 +101,30 @@ def test_a_variant_replays_hpo_with_settings_changed_and_a_bad_one_is_refused(tm
     assert methods["hpo:none"]["false_prune_rate_top5"] in (0.0, None)  # it never prunes
     bad = subprocess.run([*command, "--variant", "p05"], capture_output=True, text=True)
     assert bad.returncode == 2 and "NAME=SETTING=VALUE" in bad.stderr
+
+
+def test_a_variant_may_change_the_samplers_start_up_and_mix():
+    from bench.search_replay import variant_method
+    from search.study.samplers import Staged, build_sampler
+
+    method = variant_method("startup=5;explore_every=none;pruner_p=0.05")
+    assert method.overrides == ("pruner_p=0.05",)
+    space = load_space(CURVES / "digits_space.py")
+    dists = {name: s.distribution for name, s in space.searched.items()}
+    sampler = build_sampler(
+        "tpe", seed=0, process_seed=0, grouped=False, space=dists, **dict(method.staged)
+    )
+    assert isinstance(sampler, Staged)
+    assert [sampler.explores(n) for n in (4, 5, 8, 50)] == [True, False, False, False]
+    assert sampler.inner._n_startup_trials == 5
+    default = build_sampler("tpe", seed=0, process_seed=0, grouped=False, space=dists)
+    assert [default.explores(n) for n in (9, 10, 11)] == [True, False, True]
+
+
+def test_a_bad_sampler_variant_is_refused_with_the_fix(tmp_path):
+    command = [sys.executable, str(REPO / "bench" / "search_replay.py"), "--quick",
+               "--curves", str(tmp_path), "--variant", "s=startup=0"]  # fmt: skip
+    bad = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "startup takes a whole number of trials of at least 1, not '0'" in bad.stderr
+    assert "Traceback" not in bad.stderr
