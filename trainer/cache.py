@@ -178,6 +178,7 @@ def _build(
     table: ImageTable, size: int, target: Path, *, n_jobs: int | None, progress: bool
 ) -> None:
     """Decode into a temporary file, check every image was readable, then rename into place."""
+    remove_leftovers(target.parent, re.escape(target.stem) + r"\.\d+\.tmp\.npy")
     temporary = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")
     try:
         _allocate(temporary, (len(table), size, size, 3))
@@ -187,6 +188,19 @@ def _build(
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def remove_leftovers(folder: Path, pattern: str) -> None:
+    """Remove the temporary files matching ``pattern`` (a regex of whole names) in ``folder``.
+
+    Called under the target's lock, before building it: any temporary file of the same target
+    is then a killed builder's (a crash, SIGKILL, the OOM killer), and can be as large as the
+    cache itself.
+    """
+    name = re.compile(pattern)
+    for path in folder.iterdir():
+        if name.fullmatch(path.name):
+            path.unlink(missing_ok=True)
 
 
 def _allocate(path: Path, shape: tuple[int, ...]) -> None:

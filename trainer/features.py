@@ -30,7 +30,7 @@ import torch
 from filelock import FileLock
 
 from trainer.augment import train_transform
-from trainer.cache import FEATURES_MARK, CachedImages
+from trainer.cache import FEATURES_MARK, CachedImages, remove_leftovers
 from trainer.config import TrainConfig
 from trainer.device import Runtime
 from trainer.loader import to_model_input
@@ -179,7 +179,9 @@ def _load(target: Path, rows: int) -> np.ndarray | None:
 
 def _write(target: Path, array: np.ndarray) -> None:
     """Write ``array`` to a temporary file, then rename it into place (atomic)."""
-    # Not "*.npy": a file left by a killed builder is never taken for a cache.
+    # Not "*.npy": a file left by a killed builder is never taken for a cache (and is removed
+    # by the next build of the same target).
+    remove_leftovers(target.parent, re.escape(target.name) + r"\.\d+\.tmp")
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as handle:

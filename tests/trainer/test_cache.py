@@ -253,6 +253,21 @@ def test_damaged_cache_file_is_rebuilt(image_folder: Path) -> None:
     assert again.decoded == 24 and np.array_equal(again.images, expected)
 
 
+def test_a_killed_builders_temporary_file_goes_with_the_next_build(image_folder: Path) -> None:
+    path = _build(image_folder).path
+    assert path is not None
+    path.unlink()
+    leftover = path.with_name(f"{path.stem}.99999999.tmp.npy")  # as a SIGKILLed builder leaves
+    leftover.write_bytes(b"\0" * 1000)
+    other = path.with_name(f"{path.stem}-x.7.tmp.npy")  # another target's: not this build's
+    other.write_bytes(b"")
+
+    again = _build(image_folder)
+
+    assert again.decoded == 24
+    assert not leftover.exists() and other.exists()
+
+
 def test_file_removed_after_listing(image_folder: Path) -> None:
     table = load_table(image_folder)
     (image_folder / "cat" / "cat_0.png").unlink()

@@ -168,6 +168,19 @@ def test_a_damaged_feature_file_is_rebuilt(order, weights, tmp_path, extractions
     np.testing.assert_allclose(again.val_probs, first.val_probs, atol=1e-6)
 
 
+def test_a_killed_builders_temporary_file_goes_with_the_next_build(order, weights, tmp_path):
+    data = fresh_digits(tmp_path)
+    config = TrainConfig(**HEAD, pretrained=weights)
+    fit(config, data, later_split(order))
+    (name,) = feature_files(tmp_path)
+    (tmp_path / name).unlink()
+    leftover = tmp_path / f"{name}.99999999.tmp"  # as a builder killed while writing leaves
+    leftover.write_bytes(b"\0" * 1000)
+    fit(config, data, later_split(order))
+    assert feature_files(tmp_path) == [name]
+    assert not leftover.exists()
+
+
 _BUILDER = """
 import sys, time
 from pathlib import Path
