@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -152,11 +153,48 @@ def as_stored(
     table: ImageTable,
     console: Console | None,
 ) -> Space:
-    """``space`` with the holdout the study stores, after `forget_unfinished`."""
-    resolved = resolve_holdout(storage, place, space, table)
+    """``space`` with the settings the study stores, after `forget_unfinished`.
+
+    The holdout a study resolved, and every study setting the space leaves to its default
+    (see `keep_created_settings`).
+    """
+    kept = keep_created_settings(storage, place, space, console)
+    resolved = resolve_holdout(storage, place, kept, table)
     if not forget_unfinished(storage, place, resolved, table, console):
         return resolved
     return resolve_holdout(storage, place, space, table)  # a new study's default
+
+
+def keep_created_settings(
+    storage: BaseStorage, place: StudyPlace, space: Space, console: Console | None
+) -> Space:
+    """``space`` with each study setting it leaves to the default as the stored study has it.
+
+    A study keeps the sampler and pruner settings it was created with: when a later hpo changes
+    a default, a study that left that setting to the default resumes as it was (and says so)
+    instead of being refused as another search space. A setting the space file or the command
+    line gives is compared as before. The holdout has its own rule (`resolve_holdout`).
+    """
+    try:
+        stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
+    except KeyError:
+        return space
+    created = stored.get(keys.IDENTITY_ATTR, {}).get("settings", {})
+    current = space.settings.identity()
+    kept = {}
+    for name, value in created.items():
+        if name in space.given or name == "holdout" or name not in current:
+            continue
+        if value != _jsonish(current[name]):
+            kept[name] = tuple(value) if isinstance(value, list) else value
+    if not kept:
+        return space
+    shown = ", ".join(f"{k} = {v!r} (the default is now {current[k]!r})" for k, v in kept.items())
+    (console or make_console()).print(
+        f"Study '{place.name}' keeps the settings it was created with: {shown}; a new study "
+        "(--study NEW_NAME) takes the new defaults."
+    )
+    return replace(space, settings=replace(space.settings, **kept))
 
 
 def forget_unfinished(

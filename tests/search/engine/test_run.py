@@ -88,6 +88,26 @@ def test_resume_with_another_space_or_data_is_refused(space, tmp_path):
     prepare(RunRequest(space=str(space), overrides=[*TINY, f"data={folder}"], study="other"))
 
 
+def test_a_study_keeps_the_defaults_it_was_created_with(space, capsys):
+    # As if an earlier hpo had no epoch rung by default: the study stores what it used.
+    run(
+        RunRequest(space=str(space), overrides=[*TINY, "pruner_epoch_rungs=()"], trials=1), hooks=[]
+    )
+    capsys.readouterr()
+    resumed = prepare(RunRequest(space=str(space), overrides=TINY))
+    assert resumed.space.settings.pruner_epoch_rungs == ()
+    said = " ".join(capsys.readouterr().err.split())
+    assert "Study 'tiny' keeps the settings it was created with: pruner_epoch_rungs = ()" in said
+    assert "(the default is now (0.3333333333333333,))" in said
+    # A value the space gives is compared as before.
+    with pytest.raises(StudyError, match=r"different search space \(pruner_epoch_rungs changed\)"):
+        prepare(RunRequest(space=str(space), overrides=[*TINY, "pruner_epoch_rungs=[0.5]"]))
+    assert (
+        prepare(RunRequest(space=str(space), overrides=TINY)).space.fingerprint()
+        == (load().user_attrs["hpo.fingerprint"])
+    )
+
+
 def _png(path: Path, value: int) -> None:
     from PIL import Image
 
