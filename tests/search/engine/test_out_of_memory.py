@@ -123,7 +123,9 @@ def test_a_fold_retried_after_its_epochs_were_reported_reports_each_step_once(
     epochs = Epochs()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*is already reported")
-        trial = run_one(tmp_path, "epochs=3", "batch_size=32", hooks=epochs)
+        trial = run_one(
+            tmp_path, "epochs=3", "batch_size=32", "pruner_epoch_rungs=[0.3333]", hooks=epochs
+        )
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("fail_reason")
     config = trial.user_attrs["config"]
     assert (config["batch_size"], config["grad_accum"], config["eval_batch_size"]) == (16, 2, None)

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from search.cli.main import main
 from search.context import RunRequest
 from search.engine.run import prepare, run
+from search.space.settings import StudySettings
 from search.study.storage import StudyError
 from tests.support.readers import study_or_none
 
@@ -89,23 +90,23 @@ def test_resume_with_another_space_or_data_is_refused(space, tmp_path):
 
 
 def test_a_study_keeps_the_defaults_it_was_created_with(space, capsys):
-    # As if an earlier hpo had no epoch rung by default: the study stores what it used.
-    run(
-        RunRequest(space=str(space), overrides=[*TINY, "pruner_epoch_rungs=()"], trials=1), hooks=[]
-    )
+    # As if an earlier hpo had had rungs at a quarter and a half by default: the study stores
+    # what it used, and keeps it while the space leaves the setting to today's default.
+    earlier = [*TINY, "pruner_epoch_rungs=[0.25, 0.5]"]
+    run(RunRequest(space=str(space), overrides=earlier, trials=1), hooks=[])
     capsys.readouterr()
     resumed = prepare(RunRequest(space=str(space), overrides=TINY))
-    assert resumed.space.settings.pruner_epoch_rungs == ()
+    assert resumed.space.settings.pruner_epoch_rungs == (0.25, 0.5)
     said = " ".join(capsys.readouterr().err.split())
-    assert "Study 'tiny' keeps the settings it was created with: pruner_epoch_rungs = ()" in said
-    assert "(the default is now (0.3333333333333333,))" in said
+    assert (
+        "Study 'tiny' keeps the settings it was created with: pruner_epoch_rungs = (0.25, 0.5)"
+        in said
+    )
+    assert f"(the default is now {StudySettings().pruner_epoch_rungs!r})" in said
     # A value the space gives is compared as before.
     with pytest.raises(StudyError, match=r"different search space \(pruner_epoch_rungs changed\)"):
         prepare(RunRequest(space=str(space), overrides=[*TINY, "pruner_epoch_rungs=[0.5]"]))
-    assert (
-        prepare(RunRequest(space=str(space), overrides=TINY)).space.fingerprint()
-        == (load().user_attrs["hpo.fingerprint"])
-    )
+    assert resumed.space.fingerprint() == load().user_attrs["hpo.fingerprint"]
 
 
 def _png(path: Path, value: int) -> None:
@@ -118,7 +119,7 @@ def test_an_absurd_learning_rate_is_pruned_before_its_second_fold(tmp_path):
     path = tmp_path / "prune.py"
     path.write_text(
         SPACE.replace("lr = loguniform(1e-3, 5e-3)", "lr = choice(3e-3, 1e-7)")
-        + "pruner_startup_trials = 2\nsampler = 'random'\n"
+        + "pruner_startup_trials = 2\nsampler = 'random'\npruner_epoch_rungs = (1 / 3,)\n"
     )
     overrides = [*TINY, "epochs=3", "folds=3"]
     request = RunRequest(space=str(path), overrides=overrides, trials=3)

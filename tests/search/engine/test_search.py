@@ -92,7 +92,8 @@ def test_the_rung_score_is_the_best_so_far_and_is_labelled_so():
 
 
 def test_a_bad_trial_is_stopped_at_its_first_rung_and_records_where_and_what_it_cost():
-    space = load_space(BASELINE, ["folds=3", "epochs=6", "pruner_startup_trials=2"])
+    rung = "pruner_epoch_rungs=[0.3333]"  # after 2 of 6 epochs
+    space = load_space(BASELINE, ["folds=3", "epochs=6", "pruner_startup_trials=2", rung])
     study = new_study(space)
     good = {"backbone": "test_resnet", "lr": 3e-3, "batch_size": 32, "loss": "ce"}
     for params in (good, {**good, "lr": 2e-3}, {**good, "lr": 3e-4, "batch_size": 64}):
