@@ -158,27 +158,32 @@ def as_stored(
     The holdout a study resolved, and every study setting the space leaves to its default
     (see `keep_created_settings`).
     """
-    kept = keep_created_settings(storage, place, space, console)
+    kept, changed = keep_created_settings(storage, place, space)
     resolved = resolve_holdout(storage, place, kept, table)
     if not forget_unfinished(storage, place, resolved, table, console):
+        if changed:
+            (console or make_console()).print(changed)
         return resolved
     return resolve_holdout(storage, place, space, table)  # a new study's default
 
 
 def keep_created_settings(
-    storage: BaseStorage, place: StudyPlace, space: Space, console: Console | None
-) -> Space:
+    storage: BaseStorage, place: StudyPlace, space: Space
+) -> tuple[Space, str | None]:
     """``space`` with each study setting it leaves to the default as the stored study has it.
 
     A study keeps the sampler and pruner settings it was created with: when a later hpo changes
-    a default, a study that left that setting to the default resumes as it was (and says so)
-    instead of being refused as another search space. A setting the space file or the command
-    line gives is compared as before. The holdout has its own rule (`resolve_holdout`).
+    a default, a study that left that setting to the default resumes as it was instead of being
+    refused as another search space. A setting the space file or the command line gives is
+    compared as before. The holdout has its own rule (`resolve_holdout`).
+
+    Returns:
+        The space, and a sentence naming what was kept (None when nothing was).
     """
     try:
         stored = storage.get_study_user_attrs(storage.get_study_id_from_name(place.name))
     except KeyError:
-        return space
+        return space, None
     created = stored.get(keys.IDENTITY_ATTR, {}).get("settings", {})
     current = space.settings.identity()
     kept = {}
@@ -188,13 +193,13 @@ def keep_created_settings(
         if value != _jsonish(current[name]):
             kept[name] = tuple(value) if isinstance(value, list) else value
     if not kept:
-        return space
+        return space, None
     shown = ", ".join(f"{k} = {v!r} (the default is now {current[k]!r})" for k, v in kept.items())
-    (console or make_console()).print(
+    said = (
         f"Study '{place.name}' keeps the settings it was created with: {shown}; a new study "
         "(--study NEW_NAME) takes the new defaults."
     )
-    return replace(space, settings=replace(space.settings, **kept))
+    return replace(space, settings=replace(space.settings, **kept)), said
 
 
 def forget_unfinished(
