@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import textwrap
 from pathlib import Path
 
+import optuna
 import pytest
 
 from search.space import SpaceError
 from search.space.settings import SETTINGS, StudySettings
 from search.space.spacefile import load_space
+from search.study.storage import StudyPlace
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
 
@@ -96,6 +99,16 @@ def test_metric_and_seed_reach_every_trial_config(tmp_path):
     assert load_space(space.path, ["seed=5"]).config({}).seed == 5
 
 
+# hpo's study settings when the pinned studies below were made.
+THEN = [
+    "sampler=tpe",
+    "pruner=median",
+    "pruner_startup_trials=3",
+    "pruner_epoch_rungs=[0.3333333333333333]",
+    "pruner_p=0.1",
+]
+
+
 @pytest.mark.parametrize(
     ("body", "fixed", "fingerprint"),
     [
@@ -113,9 +126,31 @@ def test_the_identity_of_existing_studies_is_unchanged(tmp_path, body, fixed, fi
     path.write_text(
         "from search.space import choice, loguniform\n" + body + "lr = loguniform(1e-4, 1e-2)\n"
     )
-    space = load_space(path)
+    # The study settings those studies were created with, which a resumed study keeps where
+    # its space leaves them to today's defaults (search.study.identity.keep_created_settings).
+    space = load_space(path, THEN)
     assert space.identity()["fixed"] == fixed
     assert space.fingerprint() == fingerprint
+
+
+def test_a_resumed_study_keeps_every_setting_it_stored_unless_the_space_gives_it(tmp_path):
+    from search.study.identity import keep_created_settings
+
+    path = tmp_path / "s.py"
+    path.write_text("from search.space import loguniform\nlr = loguniform(1e-4, 1e-2)\n")
+    other = ["sampler=qmc", "pruner=wilcoxon", "pruner_startup_trials=5",
+             "pruner_epoch_rungs=[0.25, 0.5]", "pruner_p=0.2"]  # fmt: skip
+    made = load_space(path, other)  # as if those had been the defaults when it was made
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.set_user_attr("hpo.identity", json.loads(json.dumps(made.identity(), default=list)))
+    place = StudyPlace.of("s", None)
+    resumed, said = keep_created_settings(storage, place, load_space(path))
+    assert resumed.fingerprint() == made.fingerprint()
+    assert resumed.settings.pruner_epoch_rungs == (0.25, 0.5)
+    assert said is not None and "pruner = 'wilcoxon' (the default is now 'median')" in said
+    given, said = keep_created_settings(storage, place, load_space(path, ["pruner_p=0.05"]))
+    assert given.settings.pruner_p == 0.05 and "pruner_p" not in str(said)
 
 
 @pytest.mark.parametrize(
