@@ -8,6 +8,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import numpy as np
+import pytest
 from filelock import FileLock
 
 from search.cli.main import main
@@ -132,3 +133,26 @@ def test_the_study_side_names_feature_caches_as_the_trainer_does():
     from trainer import cache
 
     assert caches.FEATURES_MARK == cache.FEATURES_MARK
+
+
+@pytest.mark.parametrize("columns", [80, 100, 160])
+def test_the_listing_fits_the_terminal_with_file_names_whole(
+    tmp_path: Path, capsys, monkeypatch, columns
+):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    name = "photos-of-the-whole-competition-set-224px-0123456789abcdef.npy"
+    source = "/data/competitions/2026/kaggle-plant-pathology/train_images/"
+    np.save(cache / name, np.zeros((4, 2, 2, 3), np.uint8))
+    (cache / name.replace(".npy", ".json")).write_text(json.dumps({"source": source, "size": 8}))
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["cache", "--dir", str(cache), "--studies", str(tmp_path / "studies")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= columns
+    assert any(name in line for line in lines)
+    at = next(i for i, line in enumerate(lines) if name in line)
+    if columns == 160:  # room for the table, whole: its top border ends in its corner
+        assert next(line for line in lines if "┏" in line).rstrip().endswith("┓")
+        assert source[:20] in lines[at]  # the source folded in its column
+    else:  # one block per cache, the source wrapped only where it has spaces (none here)
+        assert lines[at] == name and source in lines[at + 1]
