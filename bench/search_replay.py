@@ -391,7 +391,13 @@ def replay_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
         )
         took = time.perf_counter() - started
         print(f"{task} {name}: {args.seeds} seeds in {took:.0f} s", flush=True)
-    return {"seeds": args.seeds, "budget_epochs": b, "methods": figures(runs, b, args.boots)}
+    return {
+        "seeds": args.seeds,
+        "first_seed": args.first_seed,
+        "budget_epochs": b,
+        "variants": {m: s for m, s in vars(args).get("variants", {}).items() if m in runs},
+        "methods": figures(runs, b, args.boots),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.budget, args.boots = 3, 8, 200
+    args.variants = {}
     for variant in args.variant:
         name, _, settings = variant.partition("=")
         if not name or "=" not in settings:
@@ -429,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             p.error(f"--variant {variant!r}: {error}")
         args.methods.append(f"hpo:{name}")
+        args.variants[f"hpo:{name}"] = settings
     if "random" not in args.methods:
         args.methods = ["random", *args.methods]  # every figure is against random search
     tasks = args.tasks or sorted(path.stem for path in args.curves.glob("*.parquet"))

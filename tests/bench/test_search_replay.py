@@ -96,7 +96,9 @@ def test_a_variant_replays_hpo_with_settings_changed_and_a_bad_one_is_refused(tm
     variant = ["--variant", "none=pruner=none", "--jobs", "2"]
     done = subprocess.run([*command, *variant], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    methods = json.loads(out.read_text())["tasks"]["digits"]["methods"]
+    task = json.loads(out.read_text())["tasks"]["digits"]
+    assert task["first_seed"] == 50 and task["variants"] == {"hpo:none": "pruner=none"}
+    methods = task["methods"]
     assert set(methods) == {"random", "hpo", "hpo:none"}
     assert methods["hpo:none"]["false_prune_rate_top5"] in (0.0, None)  # it never prunes
     bad = subprocess.run([*command, "--variant", "p05"], capture_output=True, text=True)
