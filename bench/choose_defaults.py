@@ -59,12 +59,9 @@ def load(paths: list[Path]) -> dict[str, dict[str, Any]]:
     return tasks
 
 
-def _worst_compute(values: list[float | None]) -> float:
+def _worst(values: list[float | None]) -> float:
+    """The largest value; null (not reached, or never sampled) counts as the worst."""
     return max(math.inf if v is None else v for v in values)
-
-
-def _worst_rate(values: list[float | None]) -> float:
-    return max(math.inf if v is None else v for v in values)  # never sampled: unknown, last
 
 
 def rank(tasks: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -88,9 +85,9 @@ def rank(tasks: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
         rows = [m[name] for m in methods]
         row = {
             "method": name,
-            "compute": _worst_compute([r["compute_to_random_3B"] for r in rows]),
+            "compute": _worst([r["compute_to_random_3B"] for r in rows]),
             "score_sum": sum(r["score_at_B"] for r in rows),
-            "top5": _worst_rate([r.get("false_prune_rate_top5") for r in rows]),
+            "top5": _worst([r.get("false_prune_rate_top5") for r in rows]),
             "scores": {task: t["methods"][name]["score_at_B"] for task, t in tasks.items()},
             "settings": next(
                 (t["variants"][name] for t in tasks.values() if name in t.get("variants", {})),
