@@ -8,9 +8,9 @@ printed first (goal: at least 0.10 apart, or the task cannot tell searches apart
 For each seed, three searches of the same space run with the same compute, counted in epochs
 trained (pruned trials' epochs included):
 
-- ``hpo``: hpo's defaults (Halton start-up, then TPE with every third trial on Halton, rung
-  and fold pruning);
-- ``tpe``: the same sampler with ``pruner=none``;
+- ``hpo``: hpo's defaults (random proposals; Halton start-up, then TPE with every third
+  trial on Halton, before 2026-12-07; rung and fold pruning);
+- ``tpe``: ``sampler=tpe pruner=none``: hpo's model-based sampler without pruning;
 - ``random``: ``sampler=random pruner=none``, run to 3x the budget.
 
 At compute points the best trial so far (by CV score) is trained on all cross-validation
@@ -50,7 +50,7 @@ from bench import common
 
 METHODS = {
     "hpo": [],
-    "tpe": ["pruner=none"],
+    "tpe": ["sampler=tpe", "pruner=none"],
     "random": ["sampler=random", "pruner=none"],
 }
 POINTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # compute points, as multiples of the budget

@@ -8,14 +8,15 @@ configuration gets the curves of the nearest recorded one.
 
 Methods, at equal compute (epochs trained, pruned trials' epochs included):
 
-- ``hpo``: hpo's defaults for the space (Halton start-up, then TPE with Halton points mixed
-  in; the rung median, then the fold rule);
-- ``random``: random search, no pruning; ``tpe``: hpo's sampler, no pruning;
+- ``hpo``: hpo's defaults for the space (random proposals from 2026-12-07 on, Halton start-up
+  then TPE with Halton points mixed in before; the rung median, then the fold rule);
+- ``random``: random search, no pruning; ``tpe``: hpo's ``sampler=tpe`` (Halton start-up,
+  then TPE with Halton points mixed in), no pruning;
 - ``sha``, ``hyperband``: Optuna's SuccessiveHalvingPruner and HyperbandPruner (reduction
   factor 3, minimum resource a ninth of the schedule, so that SHA's rungs sit at a ninth and a
   third of it) on one step axis: the epochs the trial has trained over all its folds, the
   value there the mean of its folds' best scores so far (the fold under way counted by its
-  best epoch yet); hpo's sampler;
+  best epoch yet); hpo's ``sampler=tpe``;
 - ``wilcoxon``: hpo's ``pruner=wilcoxon`` (Optuna's WilcoxonPruner across folds);
 - ``forgiving``: Bergman, Purucker and Hutter (AutoML 2024): after each fold, a trial stops
   when the mean of its folds so far is below the worst fold of the best complete trial;

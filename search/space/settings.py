@@ -72,7 +72,7 @@ class StudySettings:
     folds: int = _setting(5, checks.int_at_least(2))
     # None: 0.1 for data of at least 1,000 images, else 0 (see search.study.splits).
     holdout: float | None = _setting(None, checks.optional(checks.fraction(0.5)))
-    sampler: str = _setting("tpe", checks.one_of(SAMPLERS))
+    sampler: str = _setting("random", checks.one_of(SAMPLERS))
     pruner: str = _setting("median", checks.one_of(PRUNERS))
     pruner_startup_trials: int = _setting(3, checks.int_at_least(1))
     pruner_epoch_rungs: Sequence[float] = _setting((1 / 3,), checks.fractions)

@@ -1,4 +1,9 @@
-"""The study's sampler: scrambled Halton for the start-up trials, then the model-based one.
+"""The study's sampler: random by default; or scrambled Halton start-up, then a model.
+
+The default, ``random``, was chosen on recorded learning curves (docs/benchmarks.md, "The
+choice"): with hpo's pruning, random proposals reached random search's best at 3x the budget
+sooner than the model-based sampler below on the worse of two tasks. The model-based samplers
+(``tpe``, ``cmaes``, ``gp``):
 
 - Start-up trials take points of a scrambled Halton sequence (as the Deep Learning Tuning
   Playbook recommends for exploration) over the whole space, conditional parameters included,

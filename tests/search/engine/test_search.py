@@ -155,13 +155,16 @@ def test_a_study_stops_by_itself_when_it_stops_improving():
 
 
 @pytest.mark.slow
-def test_the_default_search_completes_enough_trials_cheaply_and_without_copies():
+def test_the_default_search_prunes_cheaply_and_without_copies():
     space = load_space(BASELINE, [])
     study = new_study(space, seed=1)
     search(space, study, 40)
     trials = study.trials
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     full = space.settings.folds * space.config({}).epochs
-    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 6
+    # With the model-based sampler (the default until 2026-12-07) this study completed at least
+    # 6 of its 40 trials; with random proposals it completes 3 (docs/benchmarks.md, "The
+    # choice": the compute goes to trials that are worth it, not to a count of complete ones).
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 1
     assert statistics.fmean(t.user_attrs[EPOCHS] / full for t in pruned) <= 0.35
     assert len(near_copies(trials)) <= 0.1 * len(trials)
