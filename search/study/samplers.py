@@ -2,8 +2,9 @@
 
 The default, ``random``, was chosen on recorded learning curves (docs/benchmarks.md, "The
 choice"): with hpo's pruning, random proposals reached random search's best at 3x the budget
-sooner than the model-based sampler below on the worse of two tasks. The model-based samplers
-(``tpe``, ``cmaes``, ``gp``):
+sooner than the model-based sampler below on the worse of two tasks. It draws each trial
+from a generator seeded by (study seed, trial number), unique across processes and still
+repeatable for a lone process. The model-based samplers (``tpe``, ``cmaes``, ``gp``):
 
 - Start-up trials take points of a scrambled Halton sequence (as the Deep Learning Tuning
   Playbook recommends for exploration) over the whole space, conditional parameters included,
@@ -25,8 +26,6 @@ sooner than the model-based sampler below on the worse of two tasks. The model-b
   choices, every number within a tenth of its range) is not trained: the model proposes
   again, and after a few near-copies in a row (or at once, for a Halton point) the trial takes
   a random point instead. Re-training a near-copy teaches the study little.
-- ``random`` draws each trial from a generator seeded by (study seed, trial number), unique
-  across processes and still repeatable for a lone process.
 
 Pruned trials report at rungs whose step means the same in every trial (see
 `search.study.pruning`), so TPE's order for them, (rung reached, value at that rung), compares
